@@ -1,0 +1,82 @@
+"""Figures people look at: label overlays and the dataset gallery (contact sheet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pleura.labels import SCHEMAS, Schema, get_schema
+
+# Classes drawn without colour in overlays: the image shows them better than a tint.
+UNTINTED = {"background", "soft_tissue", "outside_scan", "lung_healthy", "below_pleura_healthy"}
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, schema: Schema, alpha: float = 0.45) -> np.ndarray:
+    """Blend class colours over a grayscale ``(H, W)`` uint8 image; returns ``(H, W, 3)`` uint8."""
+    if image.shape != mask.shape:
+        raise ValueError(f"image shape {image.shape} differs from mask shape {mask.shape}")
+    rgb = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    colours = schema.palette().astype(np.float32)[mask]
+    tint = ~np.isin(mask, [i for i, n in enumerate(schema.names) if n in UNTINTED])
+    rgb[tint] = (1 - alpha) * rgb[tint] + alpha * colours[tint]
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def save_figure(fig: object, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, dpi=dpi, format="png", facecolor="black")  # type: ignore[attr-defined]
+    plt.close(fig)  # type: ignore[arg-type]
+    tmp.replace(path)
+    return path
+
+
+def dataset_gallery(
+    root: str | Path, path: str | Path, schemas: tuple[str, ...] = ("anatomy", "dense", "sparse")
+) -> Path:
+    """Contact sheet of a manifest dataset: one row per (probe, diagnosis), the image and its overlays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from pleura.data.manifest import read_manifest
+
+    root = Path(root)
+    picks: dict[tuple[str, str], dict[str, str]] = {}
+    for row in read_manifest(root):
+        key = (row.get("probe", ""), row["diagnosis"])
+        if key not in picks and str(row.get("frame", "0")) == "0":
+            picks[key] = row
+    keys = sorted(picks)
+    cols = 1 + len(schemas)
+    fig, axes = plt.subplots(len(keys), cols, figsize=(2.4 * cols, 2.5 * len(keys) + 1.2), squeeze=False)
+    fig.patch.set_facecolor("black")
+    for r, key in enumerate(keys):
+        row = picks[key]
+        image = np.array(Image.open(root / row["image"]).convert("L"))
+        panels = [("image", np.repeat(image[..., None], 3, axis=2))]
+        for name in schemas:
+            mask = np.array(Image.open(root / row[f"mask_{name}"]))
+            panels.append((name, overlay(image, mask, get_schema(name))))
+        for c, (title, rgb) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            label = f"{key[1]} / {key[0]}" if c == 0 else title
+            ax.set_title(label, color="white", fontsize=9)
+    handles = [
+        Patch(color=np.array(c.color) / 255, label=c.name) for c in SCHEMAS["anatomy"].classes if c.name not in UNTINTED
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False, labelcolor="white")
+    fig.suptitle("pleura simulated lung ultrasound (simulated data)", color="white", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    return save_figure(fig, path)
