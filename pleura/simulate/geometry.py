@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from scipy import ndimage
 
 MIN_LABEL_DEPTH_MM = 10.0  # thin structures (the pleural line) are never shallower than this
 
@@ -154,9 +153,26 @@ class ProbeGeometry:
         out[r < 0] = outside
         return out
 
+    @cached_property
+    def _bilinear(self) -> tuple[np.ndarray, ...]:
+        """Flat gather indices and weights of bilinear interpolation, computed once per geometry."""
+        rows, cols, inside = self._beam_coords
+        r = np.clip(rows, 0, self.n_samples - 1)
+        c = np.clip(cols, 0, self.n_lines - 1)
+        r0 = np.minimum(np.floor(r).astype(np.int64), self.n_samples - 2)
+        c0 = np.minimum(np.floor(c).astype(np.int64), max(self.n_lines - 2, 0))
+        fr = (r - r0).astype(np.float32)
+        fc = (c - c0).astype(np.float32)
+        i00 = (r0 * self.n_lines + c0).ravel()
+        weights = [((1 - fr) * (1 - fc)), ((1 - fr) * fc), (fr * (1 - fc)), (fr * fc)]
+        weights = [(w * inside).ravel() for w in weights]
+        offsets = [0, 1, self.n_lines, self.n_lines + 1]
+        return (i00, *offsets, *weights)
+
     def scan_convert_image(self, beam_image: np.ndarray) -> np.ndarray:
         """Bilinear scan conversion of a ``(n_samples, n_lines)`` float image; outside is 0."""
-        rows, cols, inside = self._beam_coords
-        out = ndimage.map_coordinates(beam_image, [rows, cols], order=1, mode="nearest")
-        out[~inside] = 0.0
-        return out
+        i00, *rest = self._bilinear
+        offsets, weights = rest[:4], rest[4:]
+        flat = beam_image.ravel()
+        out = sum(w * flat[i00 + o] for o, w in zip(offsets, weights, strict=True))
+        return out.reshape(self.size, self.size)

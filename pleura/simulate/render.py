@@ -98,6 +98,7 @@ class ClipRenderer:
             self.z, scene.freq_mhz, ALPHA_DB_CM_MHZ, scene.tgc_compensation
         )
 
+        self.band_speckle = np.abs(1 + 0.5 * rng.standard_normal((nz, nx), np.float32))  # texture of bright bands
         self._build_static()
         self.n_t = rng.standard_normal((nz, nx), dtype=np.float32)
         self.n_l = rng.standard_normal((nz, nx), dtype=np.float32)
@@ -173,8 +174,10 @@ class ClipRenderer:
         # Chest wall: skin, alternating fat / muscle layers separated by fascia.
         wall_floor = np.where(rib_col, rib_surface, self.pl_top)[None, :]
         layer_depths = [f * d0 + 0.5 * _smooth(rng, nx, nx / 4) for f in s.fascia_fractions]
-        striation = ndimage.gaussian_filter(rng.standard_normal((nz, nx)).astype(np.float32), (0.6, 6.0))
-        striation /= striation.std() + 1e-9
+        wall_rows = min(nz, int(np.ceil(float(wall_floor.max()) / self.dz)) + 1)
+        striation = np.zeros((nz, nx), np.float32)  # muscle fibres: long laterally, thin axially
+        striation[:wall_rows] = ndimage.gaussian_filter(rng.standard_normal((wall_rows, nx), np.float32), (0.6, 6.0))
+        striation /= striation[:wall_rows].std() + 1e-9
         tissue = np.full((nz, nx), ECHO["fat"], np.float32)
         layer = np.zeros((nz, nx), np.int8)
         for ld in layer_depths:
@@ -214,9 +217,10 @@ class ClipRenderer:
 
         cons = lung & (below <= cons_extent[None, :]) & (cons_extent[None, :] > 0)
         eff = lung & (below <= eff_extent[None, :]) & (eff_extent[None, :] > 0)
-        blobs = ndimage.gaussian_filter(rng.standard_normal((nz, nx)).astype(np.float32), 2.0)
-        blobs /= blobs.std() + 1e-9
-        diffuse[cons] = (ECHO["consolidation"] * np.clip(1 + 0.45 * blobs, 0.2, 3))[cons]
+        if cons.any():  # tissue-like (hepatised) echotexture
+            blobs = ndimage.gaussian_filter(rng.standard_normal((nz, nx), np.float32), 2.0)
+            blobs /= blobs.std() + 1e-9
+            diffuse[cons] = (ECHO["consolidation"] * np.clip(1 + 0.45 * blobs, 0.2, 3))[cons]
         haze[cons] = 0
         lab[cons] = A["consolidation"]
         diffuse[eff] = ECHO["effusion"]
@@ -242,8 +246,7 @@ class ClipRenderer:
         band as thick as the line, so it reads as a bright band, not a drawn line."""
         z = self.z
         inside = np.abs(z - centre[None, :]) <= thick[None, :] / 2 + 0.15
-        speckle = 1 + 0.5 * self.rng.standard_normal(inside.shape, dtype=np.float32)
-        return 0.6 * _sheet(z, (centre - thick / 2)[None, :], self.dz) + 0.45 * inside * np.abs(speckle)
+        return 0.6 * _sheet(z, (centre - thick / 2)[None, :], self.dz) + 0.45 * inside * self.band_speckle
 
     def _bronchograms(self, region: np.ndarray) -> np.ndarray:
         """Air bronchograms: short bright branching tracks inside a consolidation."""
