@@ -40,8 +40,9 @@ ECHO = {
     "pleura": 1.0,
     "lung_haze": 0.018,
     "b_line": 0.2,
-    "consolidation": 0.04,
-    "bronchogram": 0.6,
+    "consolidation": 0.055,
+    "subpleural": 0.012,  # small subpleural consolidations read hypoechoic
+    "bronchogram": 1.0,
     "effusion": 0.0015,
 }
 
@@ -212,15 +213,20 @@ class ClipRenderer:
         lab[lung] = A["lung_unhealthy"] if unhealthy else A["lung_healthy"]
         thick_band = ic & (np.abs(z - depth[None, :]) <= thick[None, :] / 2)
         diffuse += np.where(thick_band & (thick[None, :] > 1.5), 0.25, 0.0).astype(np.float32)
-        haze_level = ECHO["lung_haze"] * (1.5 if unhealthy else 1.0)
+        haze_level = ECHO["lung_haze"] * (1.2 if unhealthy else 1.0)
         haze[lung] = (haze_level * np.exp(-np.maximum(below, 0) / (0.5 * self.geom.depth_mm)))[lung]
 
         cons = lung & (below <= cons_extent[None, :]) & (cons_extent[None, :] > 0)
         eff = lung & (below <= eff_extent[None, :]) & (eff_extent[None, :] > 0)
-        if cons.any():  # tissue-like (hepatised) echotexture
+        cons &= ~eff
+        if cons.any():  # tissue-like (hepatised) echotexture; small subpleural ones darker
             blobs = ndimage.gaussian_filter(rng.standard_normal((nz, nx), np.float32), 2.0)
             blobs /= blobs.std() + 1e-9
-            diffuse[cons] = (ECHO["consolidation"] * np.clip(1 + 0.45 * blobs, 0.2, 3))[cons]
+            level = np.where((lobar_col | (eff_extent > 0))[None, :], ECHO["consolidation"], ECHO["subpleural"])
+            diffuse[cons] = (level * np.clip(1 + 0.45 * blobs, 0.2, 3))[cons]
+            border = _sheet(z, (self.pl_bottom + cons_extent)[None, :], self.dz) * (cons_extent > 0)[None, :]
+            frag = np.clip(_smooth(rng, nx, 0.7 * lines_per_mm), 0, None)
+            spec += (0.25 + 0.35 * frag)[None, :] * border  # bright, ragged deep border (shred sign)
         haze[cons] = 0
         lab[cons] = A["consolidation"]
         diffuse[eff] = ECHO["effusion"]
@@ -228,12 +234,8 @@ class ClipRenderer:
         lab[eff] = A["effusion"]
         if s.effusion is not None:  # bright lung surface under the fluid
             spec += 0.5 * _sheet(z, (self.pl_bottom + eff_extent)[None, :], self.dz) * (eff_extent > 0)[None, :]
-        if s.lobar is not None:  # shred sign: bright, ragged fragments along the deep border
-            frag = np.clip(_smooth(rng, nx, 0.7 * lines_per_mm), 0, None) * 0.35
-            border = self.pl_bottom + cons_extent
-            spec += (frag * lobar_col)[None, :] * _sheet(z, border[None, :], self.dz)
-            if s.air_bronchograms:
-                spec += self._bronchograms(cons & lobar_col[None, :])
+        if s.lobar is not None and s.air_bronchograms:
+            spec += self._bronchograms(cons & lobar_col[None, :])
 
         self.lab_static = lab
         self.diffuse, self.spec, self.haze = diffuse, spec, haze
@@ -264,7 +266,7 @@ class ClipRenderer:
                 ri, ci = round(zr), round(xc)
                 if not (0 <= ri < out.shape[0] and 0 <= ci < out.shape[1]) or not region[ri, ci]:
                     break
-                out[ri, ci] = ECHO["bronchogram"] * rng.uniform(0.5, 1.0)
+                out[ri, ci : ci + 2] = ECHO["bronchogram"] * rng.uniform(0.5, 1.0)
                 ang += rng.normal(0, 0.25)
                 zr += math.cos(ang) * 0.4 / self.dz
                 xc += math.sin(ang) * 0.4 * lines_per_mm

@@ -234,19 +234,23 @@ def sample_scene(rng: np.random.Generator, diagnosis: str, probe: str, size: int
     lobar, effusion, subpleural = None, None, []
     claimed: list[tuple[float, float]] = []
     big_free = [iv for iv in free if iv[1] - iv[0] > 12.0]
+
+    def span(fraction: tuple[float, float]) -> tuple[float, float]:
+        """A stretch of pleura centred in an intercostal space; it may run under ribs (they shadow it)."""
+        a, b = big_free[int(rng.integers(len(big_free)))]
+        w = rng.uniform(*fraction) * (lateral if probe == "curvilinear" else b - a)
+        c = rng.uniform(a + 0.3 * (b - a), b - 0.3 * (b - a))
+        return max(0.0, c - w / 2), min(lateral, c + w / 2)
+
     if big_free and rng.random() < pri["p_lobar"]:
-        a, b = big_free[int(rng.integers(len(big_free)))]
-        w = (b - a) * rng.uniform(0.5, 1.0)
-        s = rng.uniform(a, b - w)
+        s, e = span((0.35, 0.8) if probe == "curvilinear" else (0.6, 1.0))
         # 6.3 +/- 3.4 cm consolidations (BMC Med Imaging 2017), cut by the field of view
-        lobar = (s, s + w, float(np.clip(rng.normal(40.0, 20.0), 12.0, 90.0)))
-        claimed.append((s, s + w))
+        lobar = (s, e, float(np.clip(rng.normal(45.0, 20.0), 15.0, 90.0)))
+        claimed.append((s, e))
     if big_free and rng.random() < pri["p_effusion"]:
-        a, b = big_free[int(rng.integers(len(big_free)))]
-        w = (b - a) * rng.uniform(0.6, 1.0)
-        s = rng.uniform(a, b - w)
-        effusion = (s, s + w, rng.uniform(4.0, 0.25 * (depth - pleura)))
-        claimed.append((s, s + w))
+        s, e = span((0.4, 0.8) if probe == "curvilinear" else (0.7, 1.0))
+        effusion = (s, e, rng.uniform(6.0, 0.3 * (depth - pleura)))
+        claimed.append((s, e))
     if rng.random() < pri["p_subpleural"]:
         for c in _place(rng, int(rng.integers(1, 4)), free_intervals(lateral, ribs + claimed), 8.0):
             hw = rng.uniform(1.5, 5.0)
