@@ -37,6 +37,19 @@ def save_figure(fig: object, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def _signs(row: dict[str, str]) -> int:
+    """How many distinct signs a simulated frame shows, so the gallery picks telling examples."""
+    return (
+        2 * (row.get("consolidation") == "lobar")
+        + (row.get("consolidation") == "subpleural")
+        + (row.get("effusion") == "1")
+        + (row.get("confluent_blines") == "1")
+        + (row.get("n_blines", "0") not in ("", "0"))
+        + (row.get("n_alines", "0") not in ("", "0"))
+        + (row.get("n_ribs", "0") not in ("", "0"))
+    )
+
+
 def dataset_gallery(
     root: str | Path, path: str | Path, schemas: tuple[str, ...] = ("anatomy", "dense", "sparse")
 ) -> Path:
@@ -53,7 +66,7 @@ def dataset_gallery(
     picks: dict[tuple[str, str], dict[str, str]] = {}
     for row in read_manifest(root):
         key = (row.get("probe", ""), row["diagnosis"])
-        if key not in picks and str(row.get("frame", "0")) == "0":
+        if str(row.get("frame", "0")) == "0" and (key not in picks or _signs(row) > _signs(picks[key])):
             picks[key] = row
     keys = sorted(picks)
     cols = 1 + len(schemas)
