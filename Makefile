@@ -24,7 +24,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_simulate.py
+	$(BIN)/python benchmarks/bench_train_seg.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -100,6 +100,134 @@ def simulate(
         typer.echo(f"gallery: {manifest.parent / 'gallery.png'}")
 
 
+class _EpochProgress:
+    """Draws the trainer's progress: one bar per epoch and a line of metrics after it."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar, self.task = bar, None
+
+    def start(self, description: str, total: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(description, total=total, rate="")
+
+    def advance(self, n: int, **info: float) -> None:
+        rate = " ".join(f"{k.replace('_per_s', '/s')} {v:.3g}" for k, v in info.items())
+        self.bar.update(self.task, advance=n, rate=rate)
+
+    def end_epoch(self, record: dict) -> None:
+        text = (
+            f"epoch {record['epoch']}: loss {record['train_loss']:.3f} / val {record['val_loss']:.3f}, "
+            f"val mIoU {record['val_mean_iou']:.3f}, {record['images_per_s']:.1f} img/s"
+        )
+        self.bar.console.print(text + (" *" if record.get("best") else ""), highlight=False, soft_wrap=True)
+
+
+@app.command("train-seg")
+def train_seg(
+    data: Path = typer.Option(..., "--data", help="Manifest dataset folder (e.g. from pleura simulate)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    schema: str = typer.Option("dense", "--schema", help="dense or sparse labels."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process."),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate."),
+    width: int = typer.Option(16, "--width", help="U-Net channels at the first level (64 = classic)."),
+    depth: int = typer.Option(4, "--depth", help="U-Net down-steps."),
+    patience: int = typer.Option(8, "--patience", help="Early stopping patience in epochs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling, augmentation."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty run folder."),
+) -> None:
+    """Train a U-Net to segment A-lines, B-lines and the pleural line (also under torchrun)."""
+    from pleura.data import ManifestError
+    from pleura.train.checkpoint import CheckpointError
+    from pleura.train.distributed import cleanup, init_distributed
+    from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
+
+    cfg = SegTrainConfig(
+        schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, patience=patience,
+        seed=seed, augment=not no_augment, workers=workers, device=device,
+    )  # fmt: skip
+    try:
+        cfg.model_config()
+        env = init_distributed(device)
+    except (KeyError, ValueError) as e:
+        fail(str(e).strip("'\""))
+    try:
+        with progress_bar() as bar:
+            summary = SegTrainer(cfg, data, out, env, progress=_EpochProgress(bar)).fit(
+                resume=resume, overwrite=overwrite
+            )
+    except (TrainError, ManifestError, CheckpointError, ValueError) as e:
+        fail(str(e))
+    finally:
+        cleanup(env)
+    if env.is_main:
+        typer.echo(
+            f"best val mean IoU {summary['best_val_mean_iou']:.4f} at epoch {summary['best_epoch']} "
+            f"({summary['epochs_run']} epochs, {summary['seconds']:.0f} s); run: {out}"
+        )
+
+
+@app.command("eval-seg")
+def eval_seg(
+    run: Path = typer.Option(..., "--run", help="Run folder of train-seg."),
+    data: Path = typer.Option(..., "--data", help="Manifest dataset to score on."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    schema: str = typer.Option(None, "--schema", help="Refuse a checkpoint of another schema."),
+) -> None:
+    """Score a segmentation run: per-class IoU, Dice, precision, recall and false positives."""
+    from pleura.evaluate.seg import evaluate_segmentation
+
+    try:
+        result = evaluate_segmentation(run, data, checkpoint=checkpoint, schema=schema)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((run / "eval.md").read_text())
+    typer.echo(f"wrote {run / 'eval.json'} and {run / 'eval.md'} ({result['frames']} frames)")
+
+
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that reproduce and test the seed paper's claims.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("dense-vs-sparse")
+def dense_vs_sparse(
+    out: Path = typer.Option(..., "--out", help="Experiment folder (data, runs, report.md, figures)."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated training seeds."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs per model (the same for both schemas)."),
+    train_clips: int = typer.Option(90, "--train-clips", help="Simulated training clips."),
+    test_clips: int = typer.Option(60, "--test-clips", help="Simulated test clips."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    width: int = typer.Option(16, "--width", help="U-Net width."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Train dense- and sparse-label U-Nets on the same data and compare their false positives."""
+    from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
+    from pleura.train.distributed import init_distributed
+
+    try:
+        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, got {seeds!r}")
+    if not seed_list:
+        fail("--seeds needs at least one seed")
+    cfg = DenseVsSparseConfig(
+        seeds=seed_list, epochs=epochs, train_clips=train_clips, test_clips=test_clips, size=size, width=width
+    )
+    try:
+        env = init_distributed(device)
+        with progress_bar() as bar:
+            results = run_experiment(out, cfg, env, progress=_EpochProgress(bar))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+
+
 def main() -> None:
     """Entry point of the ``pleura`` script."""
     try:

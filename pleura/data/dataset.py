@@ -116,6 +116,25 @@ class LUSDataset(Dataset):
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))  # (H, W)
         return item
 
+    def read_mask(self, index: int) -> np.ndarray:
+        """The validated ``(H, W)`` mask of item ``index`` in the dataset's schema, without augmentation.
+
+        Reads only the image header for its size, so scanning every mask of a dataset (to validate it
+        or count class pixels) is cheap.
+        """
+        if self.schema is None:
+            raise ValueError("this dataset has schema=None: it loads images only")
+        row = self.rows[index]
+        image_path = self.root / row["image"]
+        try:
+            with Image.open(image_path) as im:
+                shape = (im.size[1], im.size[0])
+        except FileNotFoundError:
+            raise ManifestError(f"{image_path}: image file not found ({self._where(row)})") from None
+        except OSError as e:
+            raise ManifestError(f"{image_path}: cannot read image ({e}) ({self._where(row)})") from None
+        return self._read_mask(row, image_path, shape, self.schema.name)
+
     def _where(self, row: dict[str, str]) -> str:
         return f"row id {row['id']!r} of {self.csv_path}"
 

@@ -25,13 +25,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, schema: Schema, alpha: float = 
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def save_figure(fig: object, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: object, path: str | Path, dpi: int = 110, facecolor: str = "black") -> Path:
     """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=dpi, format="png", facecolor="black")  # type: ignore[attr-defined]
+    fig.savefig(tmp, dpi=dpi, format="png", facecolor=facecolor)  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
     tmp.replace(path)
     return path
@@ -93,3 +93,86 @@ def dataset_gallery(
     fig.suptitle("pleura simulated lung ultrasound (simulated data)", color="white", fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return save_figure(fig, path)
+
+
+def _pick_examples(root: Path) -> list[dict[str, str]]:
+    """One telling first frame per (diagnosis, probe), ordered by diagnosis then probe."""
+    from pleura.data.manifest import read_manifest
+
+    picks: dict[tuple[str, str], dict[str, str]] = {}
+    for row in read_manifest(root):
+        key = (row["diagnosis"], row.get("probe", ""))
+        if str(row.get("frame", "0")) == "0" and (key not in picks or _signs(row) > _signs(picks[key])):
+            picks[key] = row
+    return [picks[k] for k in sorted(picks)]
+
+
+def segmentation_grid(data: str | Path, dense_run: str | Path, sparse_run: str | Path, path: str | Path) -> Path:
+    """The seed paper's figure: rows image, sparse truth, sparse and dense predictions, dense truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from pleura.evaluate.seg import load_segmenter
+    from pleura.labels import DENSE, SPARSE
+
+    data = Path(data)
+    rows = _pick_examples(data)
+    dense_model, _ = load_segmenter(dense_run, schema="dense")
+    sparse_model, _ = load_segmenter(sparse_run, schema="sparse")
+    titles = ["image", "sparse truth", "sparse prediction", "dense prediction", "dense truth"]
+    fig, axes = plt.subplots(len(titles), len(rows), figsize=(2.2 * len(rows), 2.3 * len(titles)), squeeze=False)
+    fig.patch.set_facecolor("black")
+    for c, row in enumerate(rows):
+        image = np.array(Image.open(data / row["image"]).convert("L"))
+        x = torch.from_numpy(image.astype(np.float32) / 255)[None, None]
+        with torch.no_grad():
+            dense_pred = dense_model(x).argmax(1)[0].numpy().astype(np.uint8)
+            sparse_pred = sparse_model(x).argmax(1)[0].numpy().astype(np.uint8)
+        panels = [
+            np.repeat(image[..., None], 3, axis=2),
+            overlay(image, np.array(Image.open(data / row["mask_sparse"])), SPARSE),
+            overlay(image, sparse_pred, SPARSE),
+            overlay(image, dense_pred, DENSE),
+            overlay(image, np.array(Image.open(data / row["mask_dense"])), DENSE),
+        ]
+        for r, rgb in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{row['diagnosis']} / {row.get('probe', '')}", color="white", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(titles[r], color="white", fontsize=8)
+    fig.suptitle("simulated test frames: sparse vs dense labels", color="white", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def fp_bar_chart(results: dict, path: str | Path) -> Path:
+    """False-positive components per frame by class, dense vs sparse, mean and std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = ("a_line", "b_line", "pleural_line")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, (metric, label) in zip(
+        axes, (("fp_components_per_frame", "FP components / frame"), ("iou", "IoU (sparse schema)")), strict=True
+    ):
+        xs = np.arange(len(classes))
+        for k, (schema, colour) in enumerate((("dense", "#2a9d8f"), ("sparse", "#e76f51"))):
+            cells = [results["table"][schema][f"{c}_{metric}"] for c in classes]
+            means = [np.nan if x["mean"] is None else x["mean"] for x in cells]
+            stds = [0 if x["std"] is None else x["std"] for x in cells]
+            ax.bar(xs + (k - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=schema, color=colour)
+        ax.set_xticks(xs, classes)
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle("dense vs sparse labels (simulated test set, mean ± std over seeds)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path, facecolor="white")

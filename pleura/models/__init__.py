@@ -1,0 +1,40 @@
+"""Segmentation models, a registry to build them by name, and safetensors save/load.
+
+Example:
+    >>> from pleura.models import create_model, save_model, load_model
+    >>> model = create_model("unet", num_classes=8, width=16, schema="dense")
+    >>> save_model(model, "model.safetensors", {"epoch": 0})
+    >>> model, metadata = load_model("model.safetensors")
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from torch import nn
+
+from pleura.models.io import load_model, save_model
+from pleura.models.unet import UNet, UNetConfig, UNetFeatures
+
+# name -> (model class, its config dataclass); the model is built as ``cls(config_cls(**kwargs))``.
+MODELS: dict[str, tuple[type[nn.Module], type]] = {"unet": (UNet, UNetConfig)}
+
+
+def create_model(name: str, **config_kwargs) -> nn.Module:
+    """Build the model registered as ``name`` from fields of its config dataclass.
+
+    Args:
+        name: a key of ``MODELS`` (``"unet"``).
+        **config_kwargs: fields of the config (for ``"unet"``: see :class:`UNetConfig`).
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    model_cls, config_cls = MODELS[name]
+    valid = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(config_kwargs) - set(valid))
+    if unknown:
+        raise TypeError(f"{config_cls.__name__} has no field(s) {unknown}; valid fields: {', '.join(valid)}")
+    return model_cls(config_cls(**config_kwargs))
+
+
+__all__ = ["MODELS", "UNet", "UNetConfig", "UNetFeatures", "create_model", "load_model", "save_model"]

@@ -1,0 +1,185 @@
+"""Save and load models as ``.safetensors`` weights plus a ``.json`` sidecar that rebuilds the architecture.
+
+``model.safetensors`` holds the state dict (no pickle, so loading runs no code); ``model.json`` holds::
+
+    {"format": "pleura-model", "format_version": 1, "pleura_version": "0.1.0",
+     "architecture": "unet", "config": {...UNetConfig fields...}, "metadata": {...caller's...}}
+
+Both files are written atomically (a temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMAT = "pleura-model"
+FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+
+
+def _registry() -> dict:
+    from pleura.models import MODELS  # the registry lives in the package; imported late to avoid a cycle
+
+    return MODELS
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".json":  # the sidecar names the same model
+        path = path.with_suffix(WEIGHTS_SUFFIX)
+    if path.suffix != WEIGHTS_SUFFIX:
+        raise ValueError(f"model path should end in {WEIGHTS_SUFFIX}, got {str(path)!r}; e.g. {path.stem}.safetensors")
+    return path, path.with_suffix(".json")
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write ``model``'s weights to ``path`` (``.safetensors``) and its config to ``path.with_suffix(".json")``.
+
+    Args:
+        model: a registered model (see ``pleura.models.MODELS``), e.g. a :class:`~pleura.models.UNet`.
+        path: weights file, ending in ``.safetensors``; its folder is created if missing.
+        metadata: JSON-serialisable facts to keep beside the weights (schema, epoch, metrics, ...).
+
+    Returns:
+        The weights path.
+
+    Example:
+        >>> save_model(model, "runs/a/model.safetensors", {"schema": "dense", "epoch": 12})
+    """
+    from pleura import __version__
+
+    weights_path, json_path = _paths(path)
+    names = [name for name, (cls, _) in _registry().items() if type(model) is cls]
+    if not names:
+        valid = ", ".join(f"{name} ({cls.__name__})" for name, (cls, _) in _registry().items())
+        raise TypeError(f"save_model cannot save a {type(model).__name__}; registered architectures: {valid}")
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pleura_version": __version__,
+        "architecture": names[0],
+        "config": model.config.to_dict(),
+        "metadata": metadata or {},
+    }
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"save_model: metadata should be JSON-serialisable (str, numbers, lists, dicts): {err}"
+        ) from None
+    # safetensors wants dense, contiguous CPU tensors; channels-last weights are stored in the standard layout.
+    tensors = {k: v.detach().to("cpu", copy=False).contiguous() for k, v in model.state_dict().items()}
+    from safetensors.torch import save
+
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(weights_path, save(tensors, metadata={"format": "pt", "pleura_format": FORMAT}))
+    _write_atomic(json_path, text.encode())
+    return weights_path
+
+
+def _read_record(json_path: Path) -> dict:
+    if not json_path.is_file():
+        raise FileNotFoundError(
+            f"{json_path}: model config not found; save_model writes it beside the weights, so copy both files"
+        )
+    try:
+        record = json.loads(json_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{json_path}: not valid JSON ({err})") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        got = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{json_path}: format is {got!r}, expected {FORMAT!r} (a file written by save_model)")
+    if record.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{json_path}: format_version {record.get('format_version')!r} is not supported; this pleura reads "
+            f"version {FORMAT_VERSION} (the file says pleura {record.get('pleura_version')!r}); use that version"
+        )
+    for key, kind in (("architecture", str), ("config", dict), ("metadata", dict)):
+        if not isinstance(record.get(key), kind):
+            raise ValueError(f"{json_path}: {key!r} should be a {kind.__name__}, got {record.get(key)!r}")
+    return record
+
+
+def _check_weights(weights_path: Path, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` naming the keys or shapes where ``state`` differs from the model's ``expected``."""
+    problems = []
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} for the config"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    for what, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" and {len(items) - 5} more" if len(items) > 5 else ""
+            problems.append(f"{what}: {', '.join(items[:5])}{more}")
+    if problems:
+        raise ValueError(
+            f"{weights_path}: weights do not match the config in {weights_path.with_suffix('.json')} ("
+            + "; ".join(problems)
+            + "); the two files come from different models, keep the pair save_model wrote together"
+        )
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a model saved by :func:`save_model` and load its weights; no pickle is involved.
+
+    Args:
+        path: the ``.safetensors`` weights file (or its ``.json`` sidecar).
+        map_location: device to put the model on.
+
+    Returns:
+        ``(model, metadata)``: the model in eval mode, and the ``metadata`` dict given to ``save_model``.
+
+    Example:
+        >>> model, meta = load_model("runs/a/model.safetensors")
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path, json_path = _paths(path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: model weights not found")
+    record = _read_record(json_path)
+    registry = _registry()
+    if record["architecture"] not in registry:
+        raise ValueError(f"{json_path}: unknown architecture {record['architecture']!r}; valid: {', '.join(registry)}")
+    model_cls, config_cls = registry[record["architecture"]]
+    valid_fields = [f.name for f in fields(config_cls)]
+    unknown = sorted(set(record["config"]) - set(valid_fields))
+    if unknown:
+        raise ValueError(f"{json_path}: config has unknown fields {unknown}; valid: {', '.join(valid_fields)}")
+    try:
+        config = config_cls(**record["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{json_path}: invalid config: {err}") from None
+    model = model_cls(config)
+    try:
+        state = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({err})") from None
+    _check_weights(weights_path, state, model.state_dict())
+    model.load_state_dict(state)  # copies into the parameters, keeping their (channels-last) layout
+    return model.to(map_location).eval(), record["metadata"]

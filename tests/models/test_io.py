@@ -1,0 +1,176 @@
+"""save_model / load_model: safetensors + JSON round trip, the on-disk format, and the errors on tampered files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pleura import __version__
+from pleura.models import UNet, UNetConfig, create_model, load_model, save_model
+
+
+def _model(**fields) -> UNet:
+    torch.manual_seed(0)
+    model = create_model("unet", **{"width": 4, "depth": 2, **fields})
+    with torch.no_grad():  # non-trivial norm statistics, so the buffers are part of the round trip
+        model(torch.randn(4, model.config.in_channels, 32, 32))
+    return model.eval()
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[UNet, Path]:
+    model = _model(schema="dense")
+    return model, save_model(model, tmp_path / "run" / "model.safetensors", {"epoch": 3, "val_dice": 0.5})
+
+
+def _edit_json(weights: Path, **changes) -> Path:
+    json_path = weights.with_suffix(".json")
+    record = json.loads(json_path.read_text())
+    for key, value in changes.items():
+        if key.startswith("config_"):
+            record["config"][key.removeprefix("config_")] = value
+        else:
+            record[key] = value
+    json_path.write_text(json.dumps(record))
+    return json_path
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(norm="batch", upsample="transpose"),
+        dict(norm="group", upsample="bilinear", depth=3, width=8, num_classes=4),
+        dict(norm="instance", upsample="transpose", width=32, depth=1),
+    ],
+    ids=["batch-transpose", "group-bilinear", "instance-w32"],
+)
+def test_round_trip_gives_identical_outputs(tmp_path, fields):
+    model = _model(**fields)
+    path = save_model(model, tmp_path / "m.safetensors", {"note": "x"})
+    loaded, metadata = load_model(path)
+    assert metadata == {"note": "x"}
+    assert isinstance(loaded, UNet) and loaded.config == model.config and not loaded.training
+    x = torch.randn(2, 1, 48, 80)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_sidecar_json_content(saved):
+    model, path = saved
+    assert path == path.parent / "model.safetensors"
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record == {
+        "format": "pleura-model",
+        "format_version": 1,
+        "pleura_version": __version__,
+        "architecture": "unet",
+        "config": model.config.to_dict(),
+        "metadata": {"epoch": 3, "val_dice": 0.5},
+    }
+    assert record["config"]["schema"] == "dense"
+
+
+def test_weights_file_is_safetensors(saved):
+    model, path = saved
+    raw = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])  # little-endian u64 header length, then a JSON header
+    header = json.loads(raw[8 : 8 + header_len])
+    assert set(header) - {"__metadata__"} == set(model.state_dict())
+    tensors = load_file(path)
+    assert set(tensors) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(tensors[key], value), key
+
+
+def test_no_pickle_is_used(saved, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_model must not unpickle")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr("pickle.load", refuse)
+    monkeypatch.setattr("pickle.loads", refuse)
+    load_model(saved[1])
+
+
+def test_writes_are_atomic_and_overwrite(saved):
+    model, path = saved
+    model.reset_head(2)
+    save_model(model, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.json", "model.safetensors"]  # no temporaries
+    loaded, metadata = load_model(path.with_suffix(".json"))  # the sidecar's path names the same model
+    assert loaded.config.num_classes == 2 and metadata == {}
+
+
+def test_channels_last_weights_load_back_channels_last(saved):
+    loaded, _ = load_model(saved[1])
+    assert loaded.stem[0].weight.is_contiguous(memory_format=torch.channels_last)  # width 4: NHWC level
+
+
+def test_missing_files_are_named(saved):
+    _, path = saved
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model\.json: model config not found"):
+        load_model(path)
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors: model weights not found"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(format="something-else"), r"model\.json: format is 'something-else', expected 'pleura-model'"),
+        (dict(format_version=2), r"model\.json: format_version 2 is not supported; this pleura reads version 1"),
+        (dict(architecture="resnet"), r"model\.json: unknown architecture 'resnet'; valid: unet"),
+        (dict(config_norm="layer"), r"model\.json: invalid config: .*norm 'layer' is unknown"),
+        (dict(config_colour="red"), r"model\.json: config has unknown fields \['colour'\]; valid: in_channels"),
+        (
+            dict(config_num_classes=5),
+            r"model\.safetensors: weights do not match the config .*shape mismatch: head\.weight is "
+            r"\(8, 4, 1, 1\) in the file, \(5, 4, 1, 1\) for the config",
+        ),
+        (dict(config_depth=3), r"model\.safetensors: weights do not match .*missing keys: down\.2\.0\.weight"),
+        (dict(config_depth=1), r"model\.safetensors: weights do not match .*unexpected keys: down\.1\.0\.weight"),
+    ],
+    ids=["format", "version", "architecture", "bad-value", "unknown-field", "shape", "missing-keys", "extra-keys"],
+)
+def test_tampered_json_gives_clear_errors(saved, changes, message):
+    _edit_json(saved[1], **changes)
+    with pytest.raises(ValueError, match=message):
+        load_model(saved[1])
+
+
+def test_json_that_is_not_json(saved):
+    saved[1].with_suffix(".json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"model\.json: not valid JSON"):
+        load_model(saved[1])
+
+
+def test_corrupt_weights_are_named(saved):
+    saved[1].write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_model(saved[1])
+
+
+def test_save_rejects_bad_arguments(tmp_path):
+    model = _model()
+    with pytest.raises(ValueError, match=r"should end in \.safetensors, got '.*model\.pt'"):
+        save_model(model, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"metadata .*JSON"):
+        save_model(model, tmp_path / "model.safetensors", {"when": object()})
+    with pytest.raises(TypeError, match=r"cannot save a Linear; registered architectures: unet \(UNet\)"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []  # nothing written on error
+
+
+def test_map_location(saved):
+    loaded, _ = load_model(saved[1], map_location=torch.device("cpu"))
+    assert next(loaded.parameters()).device.type == "cpu"
+    assert UNetConfig(**json.loads(saved[1].with_suffix(".json").read_text())["config"]) == loaded.config

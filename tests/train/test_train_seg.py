@@ -1,0 +1,185 @@
+"""Segmentation training: capacity, checkpoints, exact resume, torchrun with gloo, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from pleura.data import LUSDataset
+from pleura.evaluate.metrics import SegmentationMetrics
+from pleura.models import UNet, UNetConfig
+from pleura.simulate import SimulationConfig, write_dataset
+from pleura.train import checkpoint as ckpt
+from pleura.train.distributed import DistEnv
+from pleura.train.losses import class_weights, segmentation_loss
+from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
+
+TINY = {"width": 4, "depth": 2, "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("seg") / "ds"
+    write_dataset(SimulationConfig(n=10, seed=11, size=64, frames=1, workers=1), root)
+    return root
+
+
+def test_a_tiny_model_overfits_four_frames(tmp_path):
+    root = tmp_path / "four"
+    write_dataset(SimulationConfig(n=4, seed=5, size=64, probe="linear", classes=("covid", "normal"), workers=1), root)
+    ds = LUSDataset(root, "dense")
+    x = torch.stack([ds[i]["image"] for i in range(4)])
+    y = torch.stack([ds[i]["mask"] for i in range(4)])
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(num_classes=8, width=8, depth=3))
+    counts = np.bincount(y.numpy().ravel(), minlength=8)
+    weights = class_weights(counts)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(250):
+        opt.zero_grad()
+        segmentation_loss(model(x), y, weights, dice_weight=1.0).backward()
+        opt.step()
+    model.eval()
+    metrics = SegmentationMetrics(8)
+    with torch.no_grad():
+        metrics.update(model(x).argmax(1), y)
+    assert metrics.aggregate()["mean_iou"] > 0.9
+
+
+def test_checkpoint_round_trip_keeps_model_and_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(num_classes=4, width=4, depth=2, schema="sparse"))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.rand(2, 1, 32, 32)).sum().backward()
+    opt.step()
+    ckpt.write_checkpoint(tmp_path / "last", model, {"schema": "sparse"}, opt, {"epoch": 3})
+    again, _meta = ckpt.read_checkpoint(tmp_path / "last")
+    for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    opt2 = torch.optim.AdamW(again.parameters(), lr=1e-3)
+    state = ckpt.read_training_state(tmp_path / "last", opt2)
+    assert state == {"epoch": 3}
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    for pid in s1["state"]:
+        for key, value in s1["state"][pid].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(s2["state"][pid][key]))
+    assert s1["param_groups"] == s2["param_groups"]
+    assert not list(tmp_path.glob(".*"))  # no temporary folder left
+
+
+class Interrupt:
+    """A progress reporter that raises KeyboardInterrupt after ``after`` epochs, like Ctrl-C."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int, **info: float) -> None:
+        pass
+
+    def end_epoch(self, record: dict) -> None:
+        if record["epoch"] >= self.after:
+            raise KeyboardInterrupt
+
+
+def _strip_timing(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        for k in ("images_per_s", "epoch_seconds"):
+            r.pop(k)
+    return rows
+
+
+def test_resume_after_an_interruption_gives_the_same_weights(tiny_data, tmp_path):
+    cfg = SegTrainConfig(schema="dense", **TINY)
+    SegTrainer(cfg, tiny_data, tmp_path / "straight", DistEnv()).fit()
+    with pytest.raises(KeyboardInterrupt):
+        SegTrainer(cfg, tiny_data, tmp_path / "cut", DistEnv(), progress=Interrupt(after=1)).fit()
+    assert json.loads((tmp_path / "cut" / "last" / "state.json").read_text())["epoch"] == 1
+    SegTrainer(cfg, tiny_data, tmp_path / "cut", DistEnv()).fit(resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _strip_timing(tmp_path / "straight" / "metrics.jsonl") == _strip_timing(tmp_path / "cut" / "metrics.jsonl")
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and (tmp_path / "cut" / "best" / "model.safetensors").exists()
+
+
+def test_run_folder_and_resume_are_guarded(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    cfg = SegTrainConfig(schema="dense", **{**TINY, "epochs": 1})
+    SegTrainer(cfg, tiny_data, run, DistEnv()).fit()
+    before = (run / "last" / "model.safetensors").read_bytes()
+    with pytest.raises(TrainError, match="not empty; pass --resume"):
+        SegTrainer(cfg, tiny_data, run, DistEnv()).fit()
+    with pytest.raises(TrainError, match=r"config.json: the run was trained with schema='dense' but schema='sparse'"):
+        SegTrainer(SegTrainConfig(schema="sparse", **{**TINY, "epochs": 1}), tiny_data, run, DistEnv()).fit(resume=True)
+    assert (run / "last" / "model.safetensors").read_bytes() == before
+
+
+def _copy_dataset(src: Path, dst: Path) -> list[dict]:
+    import shutil
+
+    shutil.copytree(src, dst)
+    with open(dst / "manifest.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_a_mask_with_an_unknown_class_is_named_before_training(tiny_data, tmp_path):
+    data = tmp_path / "bad"
+    rows = _copy_dataset(tiny_data, data)
+    bad = data / rows[-1]["mask_dense"]
+    mask = np.array(Image.open(bad))
+    mask[0, 0] = 42
+    Image.fromarray(mask, mode="L").save(bad)  # grayscale PNG keeps the raw index
+    with pytest.raises(ValueError, match=rf"{bad.name}: class index 42 is not in schema 'dense'"):
+        SegTrainer(SegTrainConfig(schema="dense", **TINY), data, tmp_path / "run", DistEnv()).fit()
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_an_image_of_another_size_than_its_mask_is_named(tiny_data, tmp_path):
+    data = tmp_path / "bad"
+    rows = _copy_dataset(tiny_data, data)
+    img = data / rows[0]["image"]
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(img)
+    with pytest.raises(ValueError, match="must match its image"):
+        SegTrainer(SegTrainConfig(schema="sparse", **TINY), data, tmp_path / "run", DistEnv()).fit()
+
+
+def test_empty_or_missing_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.csv").write_text("")
+    for data in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(ValueError, match=str(data.name)):
+            SegTrainer(SegTrainConfig(**TINY), data, tmp_path / "run", DistEnv()).fit()
+
+
+def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "pleura", "train-seg", "--data", str(tiny_data), "--out", str(run), "--schema", "sparse",
+        "--width", "4", "--depth", "2", "--batch-size", "2", "--epochs", "2", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["ranks_identical"] and len(set(summary["rank_digests"])) == 1
+    assert len(set(summary["rank_val_mean_iou"])) == 1  # metrics are reduced over ranks
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # only rank 0 writes
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
