@@ -8,6 +8,7 @@ from torch import nn
 
 from pleura.labels import get_schema
 from pleura.models import MODELS, UNet, UNetConfig, UNetFeatures, create_model
+from pleura.models.unet import SkipConcatConv
 
 # (config fields, input H x W): every norm and up-sampling mode, depth 1..4, odd-but-valid sizes, and
 # widths that put some, all or none of the levels in channels-last.
@@ -169,3 +170,12 @@ def test_registry():
         create_model("resnet")
     with pytest.raises(TypeError, match=r"no field\(s\) \['widht'\]; valid fields: in_channels, num_classes"):
         create_model("unet", widht=4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_skip_concat_conv_equals_conv_of_the_concatenation(bias):
+    torch.manual_seed(0)
+    conv = SkipConcatConv(6, 5, 3, padding=1, bias=bias)
+    skip, x = torch.randn(2, 2, 8, 12), torch.randn(2, 4, 8, 12)
+    expected = nn.functional.conv2d(torch.cat([skip, x], dim=1), conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(conv(skip, x), expected)
