@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from pleura.atomic import write_bytes
 from pleura.labels import SCHEMAS, Schema, get_schema
 
 # Classes drawn without colour in overlays: the image shows them better than a tint.
@@ -29,12 +30,10 @@ def save_figure(fig: object, path: str | Path, dpi: int = 110, facecolor: str = 
     """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=dpi, format="png", facecolor=facecolor)  # type: ignore[attr-defined]
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png", facecolor=facecolor)  # type: ignore[attr-defined]
     plt.close(fig)  # type: ignore[arg-type]
-    tmp.replace(path)
-    return path
+    return write_bytes(path, buf.getvalue())
 
 
 def _signs(row: dict[str, str]) -> int:

@@ -7,9 +7,6 @@ false-positive measures behind the seed paper's claim that dense labels reduce f
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,28 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pleura.atomic import finite, write_json, write_text
 from pleura.data import LUSDataset
 from pleura.evaluate.metrics import FalsePositiveMetrics, SegmentationMetrics, summarise
 from pleura.labels import SPARSE, convert, get_schema
 from pleura.train.checkpoint import CheckpointError, read_checkpoint
-
-
-def finite(obj: Any) -> Any:
-    """Replace NaN and infinities by ``None`` throughout, so the result is strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite(v) for v in obj]
-    return obj
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def load_segmenter(run: str | Path, checkpoint: str = "best", schema: str | None = None) -> tuple[torch.nn.Module, str]:
@@ -96,8 +76,8 @@ def evaluate_segmentation(
             "false_positives": fp.aggregate(),
         }
     )
-    write_text_atomic(run / "eval.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(run / "eval.md", eval_markdown(result))
+    write_json(run / "eval.json", result)
+    write_text(run / "eval.md", eval_markdown(result))
     return result
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
-from pleura.evaluate.seg import evaluate_segmentation, finite, write_text_atomic
+from pleura.evaluate.seg import evaluate_segmentation
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import Progress, SegTrainConfig, SegTrainer
@@ -122,8 +123,8 @@ def run_experiment(
         out / "figure_grid.png",
     )
     fp_bar_chart(results, out / "figure_false_positives.png")
-    write_text_atomic(out / "results.json", json.dumps(finite(results), indent=2) + "\n")
-    write_text_atomic(out / "report.md", report_markdown(results))
+    write_json(out / "results.json", results)
+    write_text(out / "report.md", report_markdown(results))
     return results
 
 

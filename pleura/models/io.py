@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from pleura.atomic import write_bytes
 
 FORMAT = "pleura-model"
 FORMAT_VERSION = 1
@@ -28,20 +29,6 @@ def _registry() -> dict:
     from pleura.models import MODELS  # the registry lives in the package; imported late to avoid a cycle
 
     return MODELS
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -93,8 +80,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
     from safetensors.torch import save
 
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(weights_path, save(tensors, metadata={"format": "pt", "pleura_format": FORMAT}))
-    _write_atomic(json_path, text.encode())
+    write_bytes(weights_path, save(tensors, metadata={"format": "pt", "pleura_format": FORMAT}))
+    write_bytes(json_path, text.encode())
     return weights_path
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -28,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from pleura import __version__
+from pleura.atomic import finite, write_json, write_text
 from pleura.data import LUSDataset, default_augmentation, read_manifest, split_by_group
 from pleura.evaluate.metrics import SegmentationMetrics
 from pleura.labels import get_schema
@@ -102,12 +102,6 @@ class _Silent:
 
 class TrainError(ValueError):
     """A run that cannot start; the message names the file or option and the fix."""
-
-
-def _write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def scan_masks(dataset: LUSDataset, num_classes: int) -> np.ndarray:
@@ -270,7 +264,7 @@ class SegTrainer:
                 "class_weights": self.weights.cpu().tolist(),
                 "world_size": env.world_size,
             }
-            _write_json(self.out / "config.json", run_info)
+            write_json(self.out / "config.json", run_info)
             self._truncate_log(state["epoch"])
 
         steps_per_epoch = len(train_loader)
@@ -329,12 +323,12 @@ class SegTrainer:
                     state["scaler"] = self.scaler.state_dict()
                 ckpt.write_checkpoint(self.out / "last", net, meta, self.optimizer, state)
                 with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                    fh.write(json.dumps(finite(record)) + "\n")
             self.progress.end_epoch(record)
 
         summary = self._summary(net, state, record, time.perf_counter() - start_time)
         if env.is_main:
-            _write_json(self.out / "summary.json", summary)
+            write_json(self.out / "summary.json", summary)
         return summary
 
     def _truncate_log(self, epochs_kept: int) -> None:
@@ -344,9 +338,7 @@ class SegTrainer:
             return
         lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
         kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs_kept]
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        tmp.replace(path)
+        write_text(path, "".join(ln + "\n" for ln in kept))
 
     def _summary(self, net: torch.nn.Module, state: dict[str, Any], last: dict[str, Any], seconds: float) -> dict:
         digests = all_gather_objects(state_digest(net), self.env)
