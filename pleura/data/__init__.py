@@ -2,7 +2,7 @@
 
 from pleura.data.dataset import LUSDataset
 from pleura.data.manifest import REQUIRED_COLUMNS, ManifestError, manifest_path, read_manifest
-from pleura.data.splits import split_by_group
+from pleura.data.splits import group_kfold, split_by_group
 from pleura.data.transforms import (
     Compose,
     RandomGain,
@@ -26,6 +26,7 @@ __all__ = [
     "SpeckleNoise",
     "Transform",
     "default_augmentation",
+    "group_kfold",
     "manifest_path",
     "read_manifest",
     "split_by_group",

@@ -39,24 +39,10 @@ def split_by_group(
     """
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction should be in (0, 1), got {val_fraction}")
-    missing = [i for i, r in enumerate(rows) if not r.get(group)]
-    if missing:
-        have = ", ".join(sorted(rows[missing[0]])) or "none"
-        raise ValueError(
-            f"{len(missing)} row(s) have no {group!r} value (first: row {missing[0]}, columns: {have}); "
-            f"choose group= among the manifest's columns"
-        )
-    diagnoses: dict[str, Counter[str]] = defaultdict(Counter)
-    for r in rows:
-        diagnoses[r[group]][r.get("diagnosis", "")] += 1
-    if len(diagnoses) < 2:
-        raise ValueError(f"cannot split {len(diagnoses)} {group} group(s); a split needs at least 2 groups")
-
-    strata: dict[str, list[str]] = defaultdict(list)
-    for g in sorted(diagnoses):
-        counts = diagnoses[g]
-        top = max(counts.values())
-        strata[min(d for d, c in counts.items() if c == top)].append(g)  # most common, ties by name
+    strata = _strata(rows, group)
+    n_groups = sum(len(v) for v in strata.values())
+    if n_groups < 2:
+        raise ValueError(f"cannot split {n_groups} {group} group(s); a split needs at least 2 groups")
 
     rng = np.random.default_rng(seed)
     val_groups: set[str] = set()
@@ -81,11 +67,74 @@ def split_by_group(
     val = [r for r in rows if r[group] in val_groups]
     logger.info(
         "split %d %s groups: %d train (%d rows), %d val (%d rows)",
-        len(diagnoses),
+        n_groups,
         group,
-        len(diagnoses) - len(val_groups),
+        n_groups - len(val_groups),
         len(train),
         len(val_groups),
         len(val),
     )
     return train, val
+
+
+def _strata(rows: Sequence[dict[str, str]], group: str) -> dict[str, list[str]]:
+    """Group ids by diagnosis (a group's most common diagnosis, ties by name), each list sorted."""
+    missing = [i for i, r in enumerate(rows) if not r.get(group)]
+    if missing:
+        have = ", ".join(sorted(rows[missing[0]])) or "none"
+        raise ValueError(
+            f"{len(missing)} row(s) have no {group!r} value (first: row {missing[0]}, columns: {have}); "
+            f"choose group= among the manifest's columns"
+        )
+    diagnoses: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        diagnoses[r[group]][r.get("diagnosis", "")] += 1
+    strata: dict[str, list[str]] = defaultdict(list)
+    for g in sorted(diagnoses):
+        counts = diagnoses[g]
+        top = max(counts.values())
+        strata[min(d for d, c in counts.items() if c == top)].append(g)
+    return dict(strata)
+
+
+def group_kfold(
+    rows: Sequence[dict[str, str]], folds: int = 5, seed: int = 0, group: str = "patient_id"
+) -> list[tuple[list[dict[str, str]], list[dict[str, str]]]]:
+    """Stratified group k-fold: ``folds`` (train, test) pairs; a group (patient or clip) is never split.
+
+    Each diagnosis's groups are shuffled with ``seed`` and dealt, largest first, to the fold holding
+    the fewest frames of that diagnosis, so folds are balanced in groups and frames per class. Every
+    group is in exactly one test fold.
+
+    Raises:
+        ValueError: fewer than 2 diagnoses, or a diagnosis with fewer groups than folds (named, with the
+            fix), before any training starts.
+    """
+    if folds < 2:
+        raise ValueError(f"folds should be at least 2, got {folds}")
+    strata = _strata(rows, group)
+    if len(strata) < 2:
+        raise ValueError(
+            f"the dataset has one class ({', '.join(strata) or 'none'}); classification needs at least 2 diagnoses"
+        )
+    short = {d: len(g) for d, g in strata.items() if len(g) < folds}
+    if short:
+        detail = ", ".join(f"{d} has {n}" for d, n in sorted(short.items()))
+        raise ValueError(
+            f"{folds}-fold split by {group!r} needs at least {folds} groups per class, but {detail}; "
+            f"lower --folds or add data"
+        )
+    sizes = Counter(r[group] for r in rows)
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for offset, diagnosis in enumerate(sorted(strata)):
+        groups = [strata[diagnosis][i] for i in rng.permutation(len(strata[diagnosis]))]
+        load = [0] * folds
+        for g in sorted(groups, key=lambda g: -sizes[g]):  # stable: ties keep the shuffled order
+            # fewest frames first; ties rotate per diagnosis so leftover groups spread over folds
+            k = min(range(folds), key=lambda i: (load[i], (i - offset) % folds))
+            fold_of[g] = k
+            load[k] += sizes[g]
+    return [
+        ([r for r in rows if fold_of[r[group]] != k], [r for r in rows if fold_of[r[group]] == k]) for k in range(folds)
+    ]

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from pleura.data import split_by_group
+from pleura.data import group_kfold, split_by_group
 
 
 def _rows(groups_per_diagnosis: dict[str, int], frames: int = 3) -> list[dict[str, str]]:
@@ -79,3 +79,36 @@ def test_errors():
         split_by_group(_rows({"covid": 4}), 1.0)
     with pytest.raises(ValueError, match="no 'site' value"):
         split_by_group(_rows({"covid": 4}), group="site")
+
+
+def _patient_rows(groups_per_class: dict[str, int], frames: int = 3) -> list[dict[str, str]]:
+    rows = []
+    for d, n in groups_per_class.items():
+        for g in range(n):
+            for f in range(frames + g % 3):
+                rows.append({"id": f"{d}{g}_{f}", "diagnosis": d, "patient_id": f"{d}-p{g}", "clip_id": f"{d}{g}"})
+    return rows
+
+
+def test_group_kfold_never_shares_a_patient_and_covers_every_row_once():
+    rows = _patient_rows({"covid": 11, "pneumonia": 7, "normal": 9})
+    folds = group_kfold(rows, folds=5, seed=1)
+    assert len(folds) == 5
+    seen_test = []
+    for train, test in folds:
+        assert {r["patient_id"] for r in train}.isdisjoint({r["patient_id"] for r in test})
+        assert len(train) + len(test) == len(rows)
+        assert {r["diagnosis"] for r in test} == {"covid", "pneumonia", "normal"}  # stratified
+        seen_test += [r["id"] for r in test]
+    assert sorted(seen_test) == sorted(r["id"] for r in rows)
+    sizes = [len(test) for _, test in folds]
+    assert max(sizes) - min(sizes) <= 6  # balanced in frames
+    assert group_kfold(rows, folds=5, seed=1) == folds  # deterministic
+    assert group_kfold(rows, folds=5, seed=2) != folds
+
+
+def test_group_kfold_refuses_bad_datasets_before_training():
+    with pytest.raises(ValueError, match="one class"):
+        group_kfold(_patient_rows({"covid": 6}), folds=5)
+    with pytest.raises(ValueError, match=r"pneumonia has 3; lower --folds"):
+        group_kfold(_patient_rows({"covid": 6, "pneumonia": 3}), folds=5)
