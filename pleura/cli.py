@@ -118,7 +118,7 @@ class _EpochProgress:
     def end_epoch(self, record: dict) -> None:
         text = (
             f"epoch {record['epoch']}: loss {record['train_loss']:.3f} / val {record['val_loss']:.3f}, "
-            f"val mIoU {record['val_mean_iou']:.3f}, {record['images_per_s']:.1f} img/s"
+            f"val score {record['val_score']:.3f}, {record['images_per_s']:.1f} img/s"
         )
         self.bar.console.print(text + (" *" if record.get("best") else ""), highlight=False, soft_wrap=True)
 
@@ -167,7 +167,7 @@ def train_seg(
         cleanup(env)
     if env.is_main:
         typer.echo(
-            f"best val mean IoU {summary['best_val_mean_iou']:.4f} at epoch {summary['best_epoch']} "
+            f"best val mean IoU {summary['best_val_score']:.4f} at epoch {summary['best_epoch']} "
             f"({summary['epochs_run']} epochs, {summary['seconds']:.0f} s); run: {out}"
         )
 

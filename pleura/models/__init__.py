@@ -1,4 +1,4 @@
-"""Segmentation models, a registry to build them by name, and safetensors save/load.
+"""Segmentation models, the reverse-transfer classifier, a registry to build them by name, and safetensors save/load.
 
 Example:
     >>> from pleura.models import create_model, save_model, load_model
@@ -13,19 +13,23 @@ from dataclasses import fields
 
 from torch import nn
 
+from pleura.models.classifier import ClassifierConfig, ReverseTransferClassifier
 from pleura.models.io import load_model, save_model
 from pleura.models.unet import UNet, UNetConfig, UNetFeatures
 
 # name -> (model class, its config dataclass); the model is built as ``cls(config_cls(**kwargs))``.
-MODELS: dict[str, tuple[type[nn.Module], type]] = {"unet": (UNet, UNetConfig)}
+MODELS: dict[str, tuple[type[nn.Module], type]] = {
+    "unet": (UNet, UNetConfig),
+    "reverse_transfer": (ReverseTransferClassifier, ClassifierConfig),  # config nests the U-Net's under "unet"
+}
 
 
 def create_model(name: str, **config_kwargs) -> nn.Module:
     """Build the model registered as ``name`` from fields of its config dataclass.
 
     Args:
-        name: a key of ``MODELS`` (``"unet"``).
-        **config_kwargs: fields of the config (for ``"unet"``: see :class:`UNetConfig`).
+        name: a key of ``MODELS`` (``"unet"``, ``"reverse_transfer"``).
+        **config_kwargs: fields of the config (see :class:`UNetConfig`, :class:`ClassifierConfig`).
     """
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
@@ -37,4 +41,14 @@ def create_model(name: str, **config_kwargs) -> nn.Module:
     return model_cls(config_cls(**config_kwargs))
 
 
-__all__ = ["MODELS", "UNet", "UNetConfig", "UNetFeatures", "create_model", "load_model", "save_model"]
+__all__ = [
+    "MODELS",
+    "ClassifierConfig",
+    "ReverseTransferClassifier",
+    "UNet",
+    "UNetConfig",
+    "UNetFeatures",
+    "create_model",
+    "load_model",
+    "save_model",
+]

@@ -214,8 +214,8 @@ class UNet(nn.Module):
                 f"the nearest valid size is {near_h}x{near_w} (resize to it, or pad up to {pad_h}x{pad_w})"
             )
 
-    def forward_features(self, x: Tensor) -> UNetFeatures:
-        """Encoder, bottleneck and decoder features of ``x`` ``(B, in_channels, H, W)``; see :class:`UNetFeatures`."""
+    def forward_encoder(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Encoder skips (shallow to deep) and bottleneck of ``x`` ``(B, in_channels, H, W)``, without the decoder."""
         self.check_input(x)
         fmt = self._formats
         x = self.stem(x.contiguous(memory_format=fmt[0]))  # (B, width, H, W)
@@ -224,7 +224,12 @@ class UNet(nn.Module):
             skips.append(x)
             x = nn.functional.max_pool2d(x, 2).contiguous(memory_format=fmt[i + 1])
             x = block(x)  # (B, C, h, w) -> (B, 2C, h / 2, w / 2)
-        bottleneck = x
+        return skips, x
+
+    def forward_features(self, x: Tensor) -> UNetFeatures:
+        """Encoder, bottleneck and decoder features of ``x`` ``(B, in_channels, H, W)``; see :class:`UNetFeatures`."""
+        skips, bottleneck = self.forward_encoder(x)
+        x = bottleneck
         for up, skip in zip(self.up, reversed(skips), strict=True):
             x = up(x, skip)  # (B, C, h, w) -> (B, C / 2, 2h, 2w)
         return UNetFeatures(encoder=skips, bottleneck=bottleneck, decoder=x)

@@ -163,7 +163,7 @@ def test_overrides_apply_on_top_of_config():
 
 
 def test_registry():
-    assert MODELS["unet"] == (UNet, UNetConfig) and list(MODELS) == ["unet"]
+    assert MODELS["unet"] == (UNet, UNetConfig) and list(MODELS) == ["unet", "reverse_transfer"]
     model = create_model("unet", width=4, depth=2, num_classes=4, schema="sparse")
     assert isinstance(model, UNet) and model.config == UNetConfig(width=4, depth=2, num_classes=4, schema="sparse")
     with pytest.raises(KeyError, match=r"unknown model 'resnet'; choose one of: unet"):

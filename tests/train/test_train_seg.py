@@ -179,7 +179,7 @@ def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["ranks_identical"] and len(set(summary["rank_digests"])) == 1
-    assert len(set(summary["rank_val_mean_iou"])) == 1  # metrics are reduced over ranks
+    assert len(set(summary["rank_val_score"])) == 1  # metrics are reduced over ranks
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
     assert json.loads((run / "config.json").read_text())["world_size"] == 2

@@ -1,0 +1,394 @@
+"""Diagnosis-classification metrics: per-class scores, ROC AUC, clip-level aggregation, bootstrap CIs, folds.
+
+Frame probabilities in, plain dicts out; numpy only (scikit-learn is a test-time reference, not a dependency):
+
+    m = classification_metrics(y, prob)                     # frame level, classes DIAGNOSES
+    clips, y_clip, p_clip = aggregate_by_group(clip_ids, y, prob)
+    m_clip = classification_metrics(y_clip, p_clip)          # clip level: mean of frame probabilities
+    low, high = bootstrap_ci(y, prob, balanced_accuracy, groups=patient_ids)
+    print(metrics_table(summarise_folds([m_fold0, m_fold1, ...])))
+
+``y_true`` is ``(N,)`` integer class indices ``0 .. C - 1``; ``prob`` is ``(N, C)`` class probabilities whose
+rows sum to 1 (softmax outputs). The predicted class is ``prob.argmax(1)`` (the lowest index on a tie).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from pleura.labels import DIAGNOSES
+
+__all__ = [
+    "accuracy",
+    "aggregate_by_group",
+    "balanced_accuracy",
+    "binary_roc_auc",
+    "bootstrap_ci",
+    "classification_metrics",
+    "metrics_table",
+    "summarise_folds",
+]
+
+_ROW_SUM_ATOL = 1e-4  # float32 softmax rows sum to 1 within ~1e-7; this leaves room for rounding in saved files
+
+
+def _array(x: Any) -> np.ndarray:
+    """A numpy view of an array-like; torch tensors are detached and moved to the CPU (torch is not imported)."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _check_labels(y_true: Any, n_classes: int | None = None) -> np.ndarray:
+    y = _array(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"y_true should be 1-D (N,) class indices, got shape {y.shape}")
+    if y.size and not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        raise ValueError(f"y_true should hold integer class indices, got dtype {y.dtype}; cast with .astype(int)")
+    y = y.astype(np.int64, copy=False)
+    if n_classes is not None and y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(
+            f"y_true holds class indices {int(y.min())}..{int(y.max())}, expected 0..{n_classes - 1} "
+            f"(prob has {n_classes} columns)"
+        )
+    return y
+
+
+def _check_inputs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(N,)`` int64 labels and ``(N, C)`` float64 probabilities."""
+    p = _array(prob)
+    if p.ndim != 2:
+        hint = "; for a binary score stack it as np.stack([1 - s, s], 1)" if p.ndim == 1 else ""
+        raise ValueError(f"prob should be 2-D (N, C) class probabilities, got shape {p.shape}{hint}")
+    if not np.issubdtype(p.dtype, np.number) or np.issubdtype(p.dtype, np.complexfloating):
+        raise ValueError(f"prob should hold real probabilities, got dtype {p.dtype}")
+    p = p.astype(np.float64, copy=False)
+    n, c = p.shape
+    if c < 2:
+        raise ValueError(f"prob should have at least 2 class columns, got shape {p.shape}")
+    y = _check_labels(y_true, c)
+    if y.shape[0] != n:
+        raise ValueError(f"y_true and prob should have the same N, got y_true {y.shape} and prob {p.shape}")
+    if n == 0:
+        raise ValueError("y_true and prob are empty; need at least one sample")
+    if not np.isfinite(p).all():
+        raise ValueError(f"prob holds {int((~np.isfinite(p)).sum())} NaN or infinite values; expected probabilities")
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError(
+            f"prob should lie in [0, 1], got values {p.min():.4g}..{p.max():.4g}; apply softmax to logits first"
+        )
+    sums = p.sum(axis=1)
+    if np.abs(sums - 1).max() > _ROW_SUM_ATOL:
+        raise ValueError(
+            f"prob rows should sum to 1, got row sums {sums.min():.6g}..{sums.max():.6g}; "
+            "apply softmax to logits first (not a per-class sigmoid)"
+        )
+    return y, p
+
+
+def _nan_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` in float64, NaN where ``den == 0``."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else math.nan
+
+
+def binary_roc_auc(is_positive: Any, score: Any) -> float:
+    """Exact ROC AUC of ``score`` for a boolean target, by the Mann-Whitney rank statistic.
+
+    ``AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` with ``R_pos`` the sum of the positives' ranks
+    among all scores; tied scores share their average rank, so a tied positive-negative pair counts 1/2.
+    NaN if there are no positives or no negatives.
+    """
+    pos = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(score, dtype=np.float64)
+    n_pos = int(pos.sum())
+    n_neg = pos.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
+    r_pos = avg_rank[inverse.reshape(-1)][pos].sum()
+    return float((r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, c: int) -> np.ndarray:
+    return np.bincount(y * c + pred, minlength=c * c).reshape(c, c)
+
+
+def accuracy(y_true: Any, prob: Any) -> float:
+    """Fraction of samples whose ``prob.argmax(1)`` is the true class; a fast metric for :func:`bootstrap_ci`."""
+    y, p = _check_inputs(y_true, prob)
+    return float((p.argmax(axis=1) == y).mean())
+
+
+def balanced_accuracy(y_true: Any, prob: Any) -> float:
+    """Mean recall over the classes present in ``y_true``; a fast metric for :func:`bootstrap_ci`."""
+    y, p = _check_inputs(y_true, prob)
+    cm = _confusion(y, p.argmax(axis=1), p.shape[1])
+    return _nanmean(_nan_div(np.diag(cm), cm.sum(axis=1)))
+
+
+def classification_metrics(
+    y_true: Any,
+    prob: Any,
+    class_names: Sequence[str] = DIAGNOSES,
+) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, per-class scores, ROC AUC and the confusion matrix.
+
+    With ``C`` the confusion matrix (rows truth, columns ``prob.argmax(1)``) and, per class ``k``,
+    ``TP = C[k, k]``, ``FP = sum(C[:, k]) - TP``, ``FN = sum(C[k, :]) - TP``, ``TN = N - TP - FP - FN``:
+
+    - ``precision = TP / (TP + FP)`` (NaN if ``k`` is never predicted),
+    - ``recall = sensitivity = TP / (TP + FN)`` (NaN if ``k`` is absent from ``y_true``),
+    - ``specificity = TN / (TN + FP)`` (NaN if every sample is ``k``),
+    - ``f1 = 2 TP / (2 TP + FP + FN)`` (NaN if ``k`` is absent from both truth and prediction; 0, not NaN,
+      when it is in the truth but never predicted),
+    - ``roc_auc``: one-vs-rest AUC of ``prob[:, k]`` (:func:`binary_roc_auc`, ties averaged; NaN if ``k`` or
+      its complement is absent from ``y_true``),
+    - ``support``: number of samples of class ``k`` in ``y_true``.
+
+    Summaries: ``accuracy = trace(C) / N``; ``balanced_accuracy`` = mean recall over the classes present in
+    ``y_true``; ``macro_f1`` = mean F1 over the classes present in truth or prediction (as scikit-learn);
+    ``macro_roc_auc`` = mean of the defined per-class AUCs (NaN if none).
+
+    Args:
+        y_true: ``(N,)`` integer class indices.
+        prob: ``(N, C)`` class probabilities, rows summing to 1.
+        class_names: one name per column of ``prob``; keys of ``per_class``.
+
+    Returns:
+        ``{"accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc", "per_class": {name: {...}},
+        "confusion": C x C list of ints, "class_names": list, "n": N}``.
+
+    Example:
+        >>> m = classification_metrics([0, 1, 1], [[0.8, 0.2], [0.6, 0.4], [0.3, 0.7]], ("neg", "pos"))
+        >>> m["confusion"], m["per_class"]["pos"]["recall"], m["per_class"]["pos"]["roc_auc"]
+        ([[1, 0], [1, 1]], 0.5, 1.0)
+    """
+    y, p = _check_inputs(y_true, prob)
+    n, c = p.shape
+    names = (class_names,) if isinstance(class_names, str) else tuple(class_names)
+    if len(names) != c:
+        raise ValueError(
+            f"prob has {c} class columns but class_names has {len(names)} names ({', '.join(map(str, names))}); "
+            f"pass class_names with one name per column"
+        )
+    cm = _confusion(y, p.argmax(axis=1), c)
+    tp = np.diag(cm).astype(np.float64)
+    fp = cm.sum(axis=0) - tp
+    fn = cm.sum(axis=1) - tp
+    tn = n - tp - fp - fn
+    precision = _nan_div(tp, tp + fp)
+    recall = _nan_div(tp, tp + fn)
+    specificity = _nan_div(tn, tn + fp)
+    f1 = _nan_div(2 * tp, 2 * tp + fp + fn)
+    auc = np.array([binary_roc_auc(y == k, p[:, k]) for k in range(c)])
+    support = cm.sum(axis=1)
+    per_class = {
+        name: {
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "sensitivity": float(recall[k]),
+            "specificity": float(specificity[k]),
+            "f1": float(f1[k]),
+            "roc_auc": float(auc[k]),
+            "support": int(support[k]),
+        }
+        for k, name in enumerate(names)
+    }
+    return {
+        "accuracy": float(tp.sum() / n),
+        "balanced_accuracy": _nanmean(recall),
+        "macro_f1": _nanmean(f1),
+        "macro_roc_auc": _nanmean(auc),
+        "per_class": per_class,
+        "confusion": cm.astype(int).tolist(),
+        "class_names": list(names),
+        "n": int(n),
+    }
+
+
+def _group_index(groups: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique group ids and each sample's position among them."""
+    g = _array(groups)
+    if g.ndim != 1 or g.shape[0] != n:
+        raise ValueError(f"groups should be 1-D with one id per sample (N={n}), got shape {g.shape}")
+    try:
+        ids, inverse = np.unique(g, return_inverse=True)
+    except TypeError as e:
+        raise ValueError(f"groups should hold ids of one sortable type (all str or all int), got {e}") from None
+    return ids, inverse.reshape(-1)
+
+
+def aggregate_by_group(groups: Any, y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip- (or patient-) level predictions: the mean of each group's frame probabilities.
+
+    Args:
+        groups: ``(N,)`` group id of each frame (e.g. ``clip_id``), ints or strings.
+        y_true: ``(N,)`` frame labels; every frame of a group must carry the group's label.
+        prob: ``(N, C)`` frame probabilities.
+
+    Returns:
+        ``(group_ids, y_group, prob_group)``: the sorted unique ids ``(G,)``, their labels ``(G,)`` int64 and
+        mean probabilities ``(G, C)`` float64, in the order of ``group_ids``.
+    """
+    y, p = _check_inputs(y_true, prob)
+    ids, inverse = _group_index(groups, y.shape[0])
+    counts = np.bincount(inverse, minlength=ids.size)
+    sums = np.zeros((ids.size, p.shape[1]))
+    np.add.at(sums, inverse, p)
+    y_group = np.zeros(ids.size, dtype=np.int64)
+    y_group[inverse] = y  # any frame's label; checked below
+    mixed = np.flatnonzero(y != y_group[inverse])
+    if mixed.size:
+        bad = inverse[mixed[0]]
+        labels = sorted(set(y[inverse == bad].tolist()))
+        n_bad = np.unique(inverse[mixed]).size
+        raise ValueError(
+            f"group {ids[bad].item()!r} has frames with different labels {labels}; a group should have one label "
+            f"({n_bad} group(s) are mixed) - check that the group ids are clip/patient ids"
+        )
+    return ids, y_group, sums / counts[:, None]
+
+
+def bootstrap_ci(
+    y_true: Any,
+    prob: Any,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    groups: Any = None,
+) -> tuple[float, float]:
+    """Percentile-bootstrap ``1 - alpha`` confidence interval of ``metric(y_true, prob)``.
+
+    Each of ``n_boot`` resamples draws ``N`` samples with replacement (``numpy.random.default_rng(seed)``);
+    with ``groups``, it draws ``G`` whole groups (clips or patients) with replacement and keeps all their
+    frames, so frames of one clip are never resampled independently. Resamples where ``metric`` is NaN (e.g.
+    a class missing from the resample for an AUC) are left out; ``(nan, nan)`` if all are.
+
+    Args:
+        y_true: ``(N,)`` integer class indices.
+        prob: ``(N, C)`` class probabilities.
+        metric: ``metric(y, prob) -> float``, e.g. :func:`accuracy`, :func:`balanced_accuracy` or
+            ``lambda y, p: classification_metrics(y, p)["macro_roc_auc"]``.
+        n_boot: number of resamples.
+        alpha: the interval is the ``alpha / 2`` and ``1 - alpha / 2`` percentiles.
+        seed: seed of the resampling generator.
+        groups: optional ``(N,)`` group id of each sample.
+
+    Returns:
+        ``(low, high)``.
+    """
+    y, p = _check_inputs(y_true, prob)
+    if not callable(metric):
+        raise TypeError(f"metric should be a callable metric(y, prob) -> float, got {type(metric).__name__}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot should be a positive int, got {n_boot!r}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha should lie in (0, 1), e.g. 0.05 for a 95% interval, got {alpha!r}")
+    rng = np.random.default_rng(seed)
+    n = y.shape[0]
+    stats = np.empty(n_boot)
+    if groups is None:
+        for b in range(n_boot):
+            idx = rng.integers(0, n, size=n)
+            stats[b] = metric(y[idx], p[idx])
+    else:
+        ids, inverse = _group_index(groups, n)
+        order = np.argsort(inverse, kind="stable")  # frames sorted by group
+        counts = np.bincount(inverse, minlength=ids.size)
+        starts = np.cumsum(counts) - counts
+        for b in range(n_boot):
+            draw = rng.integers(0, ids.size, size=ids.size)
+            lens = counts[draw]
+            ends = np.cumsum(lens)
+            # position k of the resample is frame (k - first k of its group's slot) + start of that group
+            pos = np.arange(ends[-1]) + np.repeat(starts[draw] - (ends - lens), lens)
+            idx = order[pos]
+            stats[b] = metric(y[idx], p[idx])
+    stats = stats[~np.isnan(stats)]
+    if not stats.size:
+        return math.nan, math.nan
+    low, high = np.percentile(stats, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(low), float(high)
+
+
+def summarise_folds(
+    per_fold: Sequence[dict[str, Any]],
+    keys: Sequence[str] = ("accuracy", "balanced_accuracy", "macro_f1", "macro_roc_auc"),
+    per_class: Sequence[str] = ("sensitivity", "specificity"),
+) -> dict[str, dict[str, Any]]:
+    """Mean and sample standard deviation of each metric across cross-validation folds.
+
+    Args:
+        per_fold: one :func:`classification_metrics` result per fold.
+        keys: top-level metrics to summarise.
+        per_class: per-class scores to summarise, under ``"{class}_{score}"`` (e.g. ``"covid_sensitivity"``),
+            for the classes of the first fold.
+
+    Returns:
+        ``{key: {"mean", "std", "n", "values"}}``: ``values`` has one entry per fold (NaN kept); ``mean`` and
+        ``std`` (``ddof=1``; 0 for a single value) are over the ``n`` non-NaN values, NaN if there are none.
+    """
+    if isinstance(per_fold, dict) or not len(per_fold):
+        raise ValueError(
+            "per_fold should be a non-empty list of classification_metrics() dicts, one per fold, "
+            f"got {type(per_fold).__name__} of length {len(per_fold)}"
+        )
+    columns: dict[str, list[float]] = {}
+    for i, fold in enumerate(per_fold):
+        for key in keys:
+            if key not in fold:
+                raise KeyError(f"fold {i} has no metric {key!r}; it has: {', '.join(map(str, fold))}")
+            columns.setdefault(key, []).append(float(fold[key]))
+    if per_class:
+        names = list(per_fold[0].get("per_class", {}))
+        for i, fold in enumerate(per_fold):
+            pc = fold.get("per_class")
+            if pc is None:
+                raise KeyError(f"fold {i} has no 'per_class' scores; pass per_class=() to summarise without them")
+            for name in names:
+                if name not in pc:
+                    raise KeyError(f"fold {i} has no class {name!r}; it has: {', '.join(map(str, pc))}")
+                for score in per_class:
+                    if score not in pc[name]:
+                        raise KeyError(f"fold {i} class {name!r} has no score {score!r}; it has: {', '.join(pc[name])}")
+                    columns.setdefault(f"{name}_{score}", []).append(float(pc[name][score]))
+    out: dict[str, dict[str, Any]] = {}
+    for key, values in columns.items():
+        v = np.asarray(values, dtype=np.float64)
+        ok = v[~np.isnan(v)]
+        out[key] = {
+            "mean": float(ok.mean()) if ok.size else math.nan,
+            "std": float(ok.std(ddof=1)) if ok.size > 1 else (0.0 if ok.size else math.nan),
+            "n": int(ok.size),
+            "values": values,
+        }
+    return out
+
+
+def metrics_table(summary: dict[str, dict[str, Any]], digits: int = 4) -> str:
+    """Markdown table ``| metric | mean ± std |`` of a :func:`summarise_folds` result; ``n/a`` where undefined."""
+
+    def fmt(x: float) -> str:
+        return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+    rows = ["| metric | mean ± std |", "| --- | --- |"]
+    for key, s in summary.items():
+        cell = "n/a" if math.isnan(s["mean"]) else f"{fmt(s['mean'])} ± {fmt(s['std'])}"
+        rows.append(f"| {key} | {cell} |")
+    return "\n".join(rows)

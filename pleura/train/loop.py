@@ -1,0 +1,294 @@
+"""The epoch loop every pleura trainer shares: one code path for 1 process or torchrun.
+
+A task (segmentation, classification) subclasses ``Trainer`` and fills in a few hooks: its datasets,
+its model, one optimizer step, and validation. The loop owns the rest: the run folder, AdamW with
+warm-up and cosine decay, DistributedDataParallel, BatchNorm statistics kept equal over ranks, early
+stopping on the task's validation score, ``metrics.jsonl`` (one line per epoch, rank 0 only), ``best/`` and
+``last/`` checkpoints written atomically, exact ``resume`` (every random choice derives from
+``(seed, epoch, index)``), and ``summary.json`` with a digest of every rank's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+from pleura import __version__
+from pleura.atomic import finite, write_json, write_text
+from pleura.train import checkpoint as ckpt
+from pleura.train.distributed import DistEnv, all_gather_objects, state_digest, sync_buffers
+
+
+@dataclass
+class LoopConfig:
+    """Settings every trainer shares; task configs extend it. Stored in ``RUN/config.json``."""
+
+    epochs: int = 30  # maximum epochs; early stopping may end sooner
+    batch_size: int = 8  # per process: under torchrun the effective batch is N times this
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero
+    patience: int = 8  # epochs without a better validation score before stopping
+    val_fraction: float = 0.2  # share of groups (per diagnosis) held out for validation
+    seed: int = 0  # seeds model init, split, shuffling and augmentation
+    augment: bool = True  # geometry-respecting augmentation of training frames
+    workers: int = 0  # DataLoader worker processes
+    amp: bool = True  # mixed precision (used on CUDA only)
+    device: str = "auto"  # auto (CUDA if present), cpu or cuda
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class Progress(Protocol):
+    """What a trainer tells its caller; the CLI draws a progress bar from it."""
+
+    def start(self, description: str, total: int) -> None: ...
+    def advance(self, n: int, **info: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any]) -> None: ...
+
+
+class _Silent:
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int, **info: float) -> None:
+        pass
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        pass
+
+
+class TrainError(ValueError):
+    """A run that cannot start; the message names the file or option and the fix."""
+
+
+class Trainer:
+    """Epoch loop with hooks. Subclasses implement ``setup``, ``build_model``, ``train_step`` and
+    ``validate``; they may override ``make_sampler``, ``make_optimizer`` and ``on_epoch_start``.
+
+    Attributes a subclass can use: ``cfg``, ``env``, ``device``, ``use_amp``, ``model`` (DDP-wrapped when
+    distributed), ``net`` (the bare module), ``optimizer``, ``scaler``.
+    """
+
+    resume_keys: tuple[str, ...] = ("seed", "batch_size", "epochs")  # must match to resume a run
+    kind = "model"  # written into checkpoint metadata
+
+    def __init__(
+        self, cfg: LoopConfig, data: str | Path, out: str | Path, env: DistEnv, progress: Progress | None = None
+    ) -> None:
+        self.cfg, self.env = cfg, env
+        self.data, self.out = Path(data), Path(out)
+        self.progress = progress if (progress is not None and env.is_main) else _Silent()
+        self.device = env.device
+        self.use_amp = cfg.amp and self.device.type == "cuda"
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
+        """Train and validation datasets (validated), and facts for ``config.json``."""
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        """The model to train, on the CPU; called after seeding, so every rank builds the same one."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, Any]) -> float:
+        """One optimizer step (use ``self.step(loss)``); returns the loss."""
+        raise NotImplementedError
+
+    def validate(self, loader: DataLoader) -> dict[str, Any]:
+        """Validation metrics summed over ranks; must hold ``score`` (higher is better) and ``loss``."""
+        raise NotImplementedError
+
+    def make_sampler(self, train: Dataset) -> Sampler:
+        """Sampler of training items for this rank; set_epoch is called on it each epoch."""
+        return DistributedSampler(
+            train, num_replicas=self.env.world_size, rank=self.env.rank, shuffle=True, seed=self.cfg.seed
+        )
+
+    def make_optimizer(self, net: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each training epoch (e.g. to freeze or unfreeze a body)."""
+
+    # ------------------------------------------------------------------ helpers
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward and optimizer step, through the grad scaler (a pass-through without AMP)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def lr_factor(self, step: int, total: int, warmup: int) -> float:
+        """Learning-rate multiplier at optimizer step ``step``: linear warm-up, then cosine to zero."""
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    def _loaders(self, train: Dataset, val: Dataset) -> tuple[DataLoader, DataLoader, Sampler]:
+        env, bs = self.env, self.cfg.batch_size
+        sampler = self.make_sampler(train)
+        per_rank = len(sampler)  # type: ignore[arg-type]
+        drop_last = per_rank > bs and per_rank % bs == 1  # a batch of one breaks BatchNorm
+        pin = self.device.type == "cuda"
+        workers = self.cfg.workers
+        train_loader = DataLoader(
+            train, batch_size=bs, sampler=sampler, num_workers=workers, drop_last=drop_last, pin_memory=pin
+        )
+        shard = Subset(val, list(range(env.rank, len(val), env.world_size)))  # type: ignore[arg-type]
+        val_loader = DataLoader(shard, batch_size=bs, shuffle=False, num_workers=workers, pin_memory=pin)
+        return train_loader, val_loader, sampler
+
+    def _prepare_run_folder(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to clobber an existing run unless asked; check a resumed run matches the request."""
+        cfg_path = self.out / "config.json"
+        if resume:
+            if not (self.out / "last").is_dir() or not cfg_path.exists():
+                raise TrainError(f"{self.out}: nothing to resume (no last/ checkpoint and config.json)")
+            old = json.loads(cfg_path.read_text())["train"]
+            for key in self.resume_keys:
+                if old.get(key) != getattr(self.cfg, key):
+                    raise TrainError(
+                        f"{cfg_path}: the run was trained with {key}={old.get(key)!r} but {key}="
+                        f"{getattr(self.cfg, key)!r} was requested; resume with the same settings"
+                    )
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            if not overwrite:
+                raise TrainError(f"{self.out}: run folder is not empty; pass --resume to continue it or --overwrite")
+            if self.env.is_main:
+                shutil.rmtree(self.out)
+
+    def _truncate_log(self, epochs_kept: int) -> None:
+        """Drop log lines of epochs after the checkpoint a resumed run continues from."""
+        path = self.out / "metrics.jsonl"
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= epochs_kept))
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """Train (or continue) the run; returns the summary written to ``summary.json``."""
+        cfg, env = self.cfg, self.env
+        self._prepare_run_folder(resume, overwrite)
+        train_ds, val_ds, info = self.setup()
+        train_loader, val_loader, sampler = self._loaders(train_ds, val_ds)
+
+        torch.manual_seed(cfg.seed)
+        self.net = net = self.build_model().to(self.device)
+        self.optimizer = self.make_optimizer(net)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        state = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+        if resume:
+            resumed, _ = ckpt.read_checkpoint(self.out / "last", map_location=self.device)
+            net.load_state_dict(resumed.state_dict())
+            state = ckpt.read_training_state(self.out / "last", self.optimizer, map_location=self.device)
+            if "scaler" in state:
+                self.scaler.load_state_dict(state["scaler"])
+        self.model = (
+            DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if env.distributed
+            else net
+        )
+        if env.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            run_info = {"pleura_version": __version__, "train": asdict(cfg), "data": str(self.data.resolve())}
+            write_json(self.out / "config.json", {**run_info, **info, "world_size": env.world_size})
+            self._truncate_log(state["epoch"])
+
+        steps_per_epoch = len(train_loader)
+        total_steps = steps_per_epoch * cfg.epochs
+        warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        start_time = time.perf_counter()
+        record: dict[str, Any] = {}
+        for epoch in range(state["epoch"], cfg.epochs):
+            if state["bad_epochs"] >= cfg.patience:
+                break
+            sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+            if hasattr(train_ds, "set_epoch"):
+                train_ds.set_epoch(epoch)
+            self.on_epoch_start(epoch)
+            self.model.train()
+            self.progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
+            t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            for batch in train_loader:
+                factor = self.lr_factor(state["step"], total_steps, warmup)
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+                    group["lr"] = base * factor
+                loss = self.train_step(batch)
+                state["step"] += 1
+                seen += len(batch["image"]) * env.world_size
+                loss_sum += loss
+                self.progress.advance(1, loss=loss, images_per_s=seen / (time.perf_counter() - t0))
+            sync_buffers(net, env)
+            train_seconds = time.perf_counter() - t0
+            self.model.eval()
+            val = self.validate(val_loader)
+            improved = val["score"] > state["best"] + 1e-9
+            if improved:
+                state.update(best=val["score"], best_epoch=epoch, bad_epochs=0)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch + 1
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(steps_per_epoch, 1),
+                **{f"val_{k}": v for k, v in val.items()},
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "images_per_s": seen / train_seconds,
+                "epoch_seconds": time.perf_counter() - t0,
+                "best": improved,
+            }
+            if env.is_main:
+                meta = {"kind": self.kind, "epoch": epoch + 1, "val_score": val["score"], **self.checkpoint_meta()}
+                if improved:
+                    ckpt.write_checkpoint(self.out / "best", net, meta)
+                if self.use_amp:
+                    state["scaler"] = self.scaler.state_dict()
+                ckpt.write_checkpoint(self.out / "last", net, meta, self.optimizer, state)
+                with open(self.out / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(finite(record)) + "\n")
+            self.progress.end_epoch(record)
+
+        summary = self._summary(net, state, record, time.perf_counter() - start_time)
+        if env.is_main:
+            write_json(self.out / "summary.json", summary)
+        return summary
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Extra metadata stored beside the weights (e.g. the label schema)."""
+        return {}
+
+    def _summary(self, net: torch.nn.Module, state: dict[str, Any], last: dict[str, Any], seconds: float) -> dict:
+        digests = all_gather_objects(state_digest(net), self.env)
+        rank_scores = all_gather_objects(last.get("val_score"), self.env)
+        return {
+            "kind": self.kind,
+            "epochs_run": state["epoch"],
+            "best_epoch": state["best_epoch"] + 1,
+            "best_val_score": state["best"],
+            "stopped_early": state["epoch"] < self.cfg.epochs,
+            "seconds": seconds,
+            "world_size": self.env.world_size,
+            "rank_digests": digests,
+            "ranks_identical": len(set(digests)) == 1,
+            "rank_val_score": rank_scores,
+            **self.checkpoint_meta(),
+        }
