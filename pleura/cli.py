@@ -190,6 +190,61 @@ def eval_seg(
     typer.echo(f"wrote {run / 'eval.json'} and {run / 'eval.md'} ({result['frames']} frames)")
 
 
+@app.command("train-cls")
+def train_cls(
+    data: Path = typer.Option(..., "--data", help="Manifest dataset folder."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (one fold* subfolder per fold)."),
+    init: str = typer.Option("scratch", "--init", help="dense:RUN, sparse:RUN (a train-seg run) or scratch."),
+    folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group."),
+    group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
+    tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
+    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing."),
+    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the head (the U-Net gets 0.1x)."),
+    patience: int = typer.Option(8, "--patience", help="Early stopping patience (validation balanced accuracy)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, folds, sampling, augmentation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace non-empty fold folders."),
+) -> None:
+    """Reverse transfer: train a COVID-19 / pneumonia / normal classifier from a segmentation U-Net, k-fold."""
+    from pleura.train.cls import ClsTrainConfig, train_kfold
+    from pleura.train.distributed import cleanup, init_distributed
+
+    cfg = ClsTrainConfig(
+        init=init, tap=tap, freeze_epochs=freeze_epochs, epochs=epochs, batch_size=batch_size, lr=lr,
+        patience=patience, seed=seed, group=group, device=device,
+    )  # fmt: skip
+    try:
+        env = init_distributed(device)
+    except ValueError as e:
+        fail(str(e))
+    try:
+        with progress_bar() as bar:
+            train_kfold(cfg, data, out, env, folds=folds, progress=_EpochProgress(bar), overwrite=overwrite)
+    except ValueError as e:
+        fail(str(e))
+    finally:
+        cleanup(env)
+    if env.is_main:
+        typer.echo(f"trained {folds} folds into {out}; score them with: pleura eval-cls --run {out}")
+
+
+@app.command("eval-cls")
+def eval_cls(
+    run: Path = typer.Option(..., "--run", help="Run folder of train-cls."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+) -> None:
+    """Score a k-fold classification run at frame and clip level, with bootstrap intervals."""
+    from pleura.evaluate.cls import evaluate_classification
+
+    try:
+        evaluate_classification(run, n_boot=n_boot)
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((run / "eval.md").read_text())
+
+
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that reproduce and test the seed paper's claims.")
 app.add_typer(experiment_app, name="experiment")
 

@@ -180,3 +180,13 @@ def _read_image(path: Path, where: str) -> np.ndarray:
         raise ManifestError(f"{path}: image file not found ({where})") from None
     except OSError as e:
         raise ManifestError(f"{path}: cannot read image ({e}); expected a grayscale PNG ({where})") from None
+
+
+def image_size(root: str | Path, rows: Sequence[dict[str, str]]) -> tuple[int, int]:
+    """``(H, W)`` of the first row's image, read from its header only."""
+    path = Path(root) / rows[0]["image"]
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read image ({e})") from None

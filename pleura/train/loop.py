@@ -123,6 +123,10 @@ class Trainer:
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each training epoch (e.g. to freeze or unfreeze a body)."""
 
+    def ddp_kwargs(self) -> dict[str, Any]:
+        """Extra arguments of DistributedDataParallel (e.g. ``find_unused_parameters``)."""
+        return {}
+
     # ------------------------------------------------------------------ helpers
     def autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
@@ -203,7 +207,9 @@ class Trainer:
             if "scaler" in state:
                 self.scaler.load_state_dict(state["scaler"])
         self.model = (
-            DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None, **self.ddp_kwargs()
+            )
             if env.distributed
             else net
         )

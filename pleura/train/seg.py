@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pleura.data import LUSDataset, default_augmentation, read_manifest, split_by_group
+from pleura.data import LUSDataset, default_augmentation, image_size, read_manifest, split_by_group
 from pleura.evaluate.metrics import SegmentationMetrics
 from pleura.labels import get_schema
 from pleura.models import UNet, UNetConfig
@@ -85,6 +85,7 @@ class SegTrainer(Trainer):
             "model": asdict(cfg.model_config()),
             "train_frames": len(train),
             "val_frames": len(val),
+            "image_size": list(image_size(self.data, rows)),
             "val_clips": sorted({r["clip_id"] for r in val.rows}),
             "class_pixel_counts": counts.tolist(),
             "class_weights": self.weights.cpu().tolist(),

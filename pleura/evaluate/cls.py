@@ -1,0 +1,97 @@
+"""``eval-cls``: score a k-fold classification run at frame and clip (video) level.
+
+Reads the held-out predictions ``train-cls`` wrote (``RUN/fold*/test_predictions.csv``), computes the
+metrics of every fold at frame level and at clip level (mean of the clip's frame probabilities), their
+mean and standard deviation over folds, and on the pooled predictions bootstrap 95% intervals that
+resample whole patients. Writes ``RUN/eval.json`` and ``RUN/eval.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pleura.atomic import write_json, write_text
+from pleura.evaluate.classification import (
+    accuracy,
+    aggregate_by_group,
+    balanced_accuracy,
+    bootstrap_ci,
+    classification_metrics,
+    metrics_table,
+    summarise_folds,
+)
+from pleura.labels import DIAGNOSES
+
+
+def read_predictions(path: Path) -> dict[str, np.ndarray]:
+    """Columns of a ``test_predictions.csv``: ids, labels and the ``(N, 3)`` probabilities."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    return {
+        "id": np.array([r["id"] for r in rows]),
+        "clip_id": np.array([r["clip_id"] for r in rows]),
+        "patient_id": np.array([r["patient_id"] for r in rows]),
+        "label": np.array([int(r["label"]) for r in rows]),
+        "prob": np.array([[float(r[f"p_{c}"]) for c in DIAGNOSES] for r in rows]),
+    }
+
+
+def _levels(p: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Frame- and clip-level ``(y, prob, patient groups)``."""
+    clips, y_clip, prob_clip = aggregate_by_group(p["clip_id"], p["label"], p["prob"])
+    patient_of = dict(zip(p["clip_id"], p["patient_id"], strict=True))
+    return {
+        "frame": (p["label"], p["prob"], p["patient_id"]),
+        "clip": (y_clip, prob_clip, np.array([patient_of[c] for c in clips])),
+    }
+
+
+def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Per-fold, fold-summary and pooled metrics with bootstrap intervals; writes eval.json / eval.md."""
+    run = Path(run)
+    files = sorted(run.glob("fold*/test_predictions.csv"))
+    if not files:
+        raise ValueError(f"{run}: no fold*/test_predictions.csv; run train-cls with --folds first")
+    folds = [read_predictions(f) for f in files]
+    result: dict[str, Any] = {"run": str(run), "folds": len(folds), "class_names": list(DIAGNOSES)}
+    for level in ("frame", "clip"):
+        per_fold = [classification_metrics(*_levels(p)[level][:2]) for p in folds]
+        pooled = {k: np.concatenate([_levels(p)[level][i] for p in folds]) for i, k in enumerate(("y", "prob", "g"))}
+        overall = classification_metrics(pooled["y"], pooled["prob"])
+        ci = {
+            name: bootstrap_ci(pooled["y"], pooled["prob"], fn, n_boot=n_boot, seed=seed, groups=pooled["g"])
+            for name, fn in (("accuracy", accuracy), ("balanced_accuracy", balanced_accuracy))
+        }
+        result[level] = {"per_fold": per_fold, "folds": summarise_folds(per_fold), "pooled": overall, "ci95": ci}
+    write_json(run / "eval.json", result)
+    write_text(run / "eval.md", eval_markdown(result))
+    return result
+
+
+def eval_markdown(result: dict[str, Any]) -> str:
+    """The evaluation as markdown: fold summaries, pooled intervals and confusion matrices."""
+    lines = [f"# Classification evaluation\n\nrun `{result['run']}`, {result['folds']} folds\n"]
+    for level in ("frame", "clip"):
+        r = result[level]
+        lines.append(f"## {level.capitalize()} level (mean ± std over folds)\n")
+        lines.append(metrics_table(r["folds"]))
+        ci = r["ci95"]
+        pooled = r["pooled"]
+        lines.append(
+            f"\nPooled over folds: accuracy {pooled['accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f}-"
+            f"{ci['accuracy'][1]:.3f}), balanced accuracy {pooled['balanced_accuracy']:.3f} (95% CI "
+            f"{ci['balanced_accuracy'][0]:.3f}-{ci['balanced_accuracy'][1]:.3f}); bootstrap over patients.\n"
+        )
+        names = result["class_names"]
+        lines.append("| truth \\ predicted | " + " | ".join(names) + " |")
+        lines.append("|---" * (len(names) + 1) + "|")
+        for name, row in zip(names, pooled["confusion"], strict=True):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
