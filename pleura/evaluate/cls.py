@@ -33,13 +33,40 @@ def read_predictions(path: Path) -> dict[str, np.ndarray]:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise ValueError(f"{path}: no predictions")
+    markers = [k for k in rows[0] if k.startswith("bm_")]
     return {
+        "markers": {k[3:]: np.array([_number(r[k]) for r in rows]) for k in markers},
         "id": np.array([r["id"] for r in rows]),
         "clip_id": np.array([r["clip_id"] for r in rows]),
         "patient_id": np.array([r["patient_id"] for r in rows]),
         "label": np.array([int(r["label"]) for r in rows]),
         "prob": np.array([[float(r[f"p_{c}"]) for c in DIAGNOSES] for r in rows]),
     }
+
+
+def _number(text: str) -> float:
+    """A CSV cell as a number: booleans as 0/1, empty as NaN."""
+    if text in ("True", "False"):
+        return float(text == "True")
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
+
+
+def biomarkers_by_diagnosis(folds: list[dict[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Mean of each biomarker over the frames of each true diagnosis (NaN-safe)."""
+    if not folds or not folds[0]["markers"]:
+        return {}
+    labels = np.concatenate([p["label"] for p in folds])
+    out: dict[str, dict[str, float]] = {}
+    for name in folds[0]["markers"]:
+        values = np.concatenate([p["markers"][name] for p in folds])
+        out[name] = {
+            d: float(np.nanmean(values[labels == k])) if np.isfinite(values[labels == k]).any() else float("nan")
+            for k, d in enumerate(DIAGNOSES)
+        }
+    return out
 
 
 def _levels(p: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -69,6 +96,7 @@ def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) 
             for name, fn in (("accuracy", accuracy), ("balanced_accuracy", balanced_accuracy))
         }
         result[level] = {"per_fold": per_fold, "folds": summarise_folds(per_fold), "pooled": overall, "ci95": ci}
+    result["biomarkers_by_diagnosis"] = biomarkers_by_diagnosis(folds)
     write_json(run / "eval.json", result)
     write_text(run / "eval.md", eval_markdown(result))
     return result
@@ -93,5 +121,16 @@ def eval_markdown(result: dict[str, Any]) -> str:
         lines.append("|---" * (len(names) + 1) + "|")
         for name, row in zip(names, pooled["confusion"], strict=True):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        lines.append("")
+    markers = result.get("biomarkers_by_diagnosis") or {}
+    if markers:
+        names = result["class_names"]
+        lines += [
+            "## Biomarkers read from the model's segmentation (mean over held-out frames, by true diagnosis)\n",
+            "| biomarker | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
+        for marker, by in markers.items():
+            lines.append(f"| {marker} | " + " | ".join(f"{by[n]:.3g}" for n in names) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pleura.atomic import write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
+from pleura.evaluate.biomarkers import frame_biomarkers
 from pleura.evaluate.classification import classification_metrics
 from pleura.labels import DIAGNOSES
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
@@ -214,13 +215,20 @@ def check_init_run(run: Path, kind: str, size: tuple[int, int]) -> None:
 def predict_rows(
     model: torch.nn.Module, data: Path, rows: Sequence[dict[str, str]], batch_size: int = 16
 ) -> list[dict[str, Any]]:
-    """Class probabilities of each row's frame, with its ids and true label."""
+    """Class probabilities of each row's frame, with its ids, true label and the biomarkers read from the
+    model's own segmentation (the explanation of the diagnosis)."""
     model.eval()
     ds = LUSDataset(data, None, rows=rows)
+    schema = model.unet.config.schema or "dense"
     out = []
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        prob = model(batch["image"]).float().softmax(1).numpy()
+        logits, seg = model.forward_with_segmentation(batch["image"])
+        if seg is None:  # the bottleneck tap does not run the decoder; the explanation needs it
+            seg = model.unet(batch["image"])
+        prob = logits.float().softmax(1).numpy()
+        masks = seg.argmax(1).to(torch.uint8).numpy()
         for i in range(len(prob)):
+            markers = frame_biomarkers(masks[i], schema).to_dict()
             out.append(
                 {
                     "id": batch["id"][i],
@@ -229,6 +237,7 @@ def predict_rows(
                     "probe": batch["probe"][i],
                     "label": int(batch["label"][i]),
                     **{f"p_{name}": float(prob[i, k]) for k, name in enumerate(DIAGNOSES)},
+                    **{f"bm_{k}": v for k, v in markers.items()},
                 }
             )
     return out

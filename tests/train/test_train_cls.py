@@ -45,6 +45,7 @@ def test_kfold_predicts_every_frame_once_from_a_model_that_reused_the_segmenter(
         ids += [r["id"] for r in rows]
         patients_by_fold.append({r["patient_id"] for r in rows})
         probs = np.array([[float(r[f"p_{c}"]) for c in DIAGNOSES] for r in rows])
+        assert {"bm_b_line_count", "bm_aeration_score", "bm_pleural_line_unhealthy_fraction"} <= set(rows[0])
         np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     with open(data / "manifest.csv") as fh:
         assert sorted(ids) == sorted(r["id"] for r in csv.DictReader(fh))
@@ -61,6 +62,8 @@ def test_kfold_predicts_every_frame_once_from_a_model_that_reused_the_segmenter(
     assert sum(map(sum, ev["frame"]["pooled"]["confusion"])) == len(ids)
     assert sum(map(sum, ev["clip"]["pooled"]["confusion"])) == 18
     assert "Clip level" in (tmp_path / "run" / "eval.md").read_text()
+    assert set(ev["biomarkers_by_diagnosis"]["b_line_count"]) == set(DIAGNOSES)
+    assert "Biomarkers read from the model's segmentation" in (tmp_path / "run" / "eval.md").read_text()
 
 
 def test_bad_input_is_refused_before_any_training(setup, tmp_path):
