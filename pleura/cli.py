@@ -199,6 +199,7 @@ def train_cls(
     group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
     tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing."),
+    aux_seg_weight: float = typer.Option(0.0, "--aux-seg-weight", help="Auxiliary segmentation loss weight."),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold."),
     batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the head (the U-Net gets 0.1x)."),
@@ -212,7 +213,8 @@ def train_cls(
     from pleura.train.distributed import cleanup, init_distributed
 
     cfg = ClsTrainConfig(
-        init=init, tap=tap, freeze_epochs=freeze_epochs, epochs=epochs, batch_size=batch_size, lr=lr,
+        init=init, tap=tap, freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight, epochs=epochs,
+        batch_size=batch_size, lr=lr,
         patience=patience, seed=seed, group=group, device=device,
     )  # fmt: skip
     try:

@@ -221,8 +221,14 @@ class ReverseTransferClassifier(nn.Module):
         """Class logits ``(B, num_classes)`` from ``forward_features``' output; pooled features with ``pre_logits``."""
         return self.head(features, pre_logits=pre_logits)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``(B, num_classes)`` of a batch of frames ``x`` ``(B, in_channels, H, W)``."""
+    def forward(self, x: Tensor, with_segmentation: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+        """Class logits ``(B, num_classes)`` of a batch of frames ``x`` ``(B, in_channels, H, W)``.
+
+        With ``with_segmentation=True`` it returns ``forward_with_segmentation(x)`` instead, so that a
+        DistributedDataParallel wrapper (which only hooks ``forward``) can train both outputs.
+        """
+        if with_segmentation:
+            return self.forward_with_segmentation(x)
         return self.forward_head(self.forward_features(x))
 
     def forward_with_segmentation(self, x: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -26,10 +26,12 @@ from pleura.atomic import write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
 from pleura.evaluate.biomarkers import frame_biomarkers
 from pleura.evaluate.classification import classification_metrics
-from pleura.labels import DIAGNOSES
+from pleura.labels import DIAGNOSES, get_schema
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
 from pleura.train.distributed import DistEnv, all_gather_objects
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
+from pleura.train.losses import class_weights, segmentation_loss
+from pleura.train.seg import scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
 
@@ -46,6 +48,7 @@ class ClsTrainConfig(LoopConfig):
     width: int = 16  # U-Net width when training from scratch (pretrained runs bring their own)
     depth: int = 4  # U-Net depth when training from scratch
     lr: float = 1e-3  # peak learning rate of the head
+    aux_seg_weight: float = 0.0  # weight of an auxiliary segmentation loss (needs masks; keeps maps meaningful)
 
     def init_kind(self) -> tuple[str, Path | None]:
         """``(kind, run folder)`` of ``init``, checked."""
@@ -84,7 +87,7 @@ class BalancedSampler(Sampler[int]):
 class ClsTrainer(Trainer):
     """Trains a reverse-transfer classifier on ``rows`` of a manifest dataset (one fold's training part)."""
 
-    resume_keys = ("init", "tap", "freeze_epochs", "seed", "batch_size", "epochs", "width", "depth")
+    resume_keys = ("init", "tap", "freeze_epochs", "aux_seg_weight", "seed", "batch_size", "epochs", "width", "depth")
     kind = "classification"
     cfg: ClsTrainConfig
 
@@ -108,10 +111,18 @@ class ClsTrainer(Trainer):
         if self.init_run is not None:
             check_init_run(self.init_run, self.kind_, self.size)
         train_rows, val_rows = split_by_group(self.rows, cfg.val_fraction, seed=cfg.seed, group=cfg.group)
-        aug = default_augmentation(None) if cfg.augment else None
-        train = LUSDataset(self.data, None, transform=aug, rows=train_rows, seed=cfg.seed)
+        # the auxiliary segmentation learns the schema the U-Net predicts (dense for scratch)
+        self.seg_schema = (self.kind_ if self.kind_ != "scratch" else "dense") if cfg.aux_seg_weight > 0 else None
+        if self.seg_schema is not None and cfg.tap == "bottleneck":
+            raise TrainError("--aux-seg-weight needs a tap that runs the decoder; the bottleneck tap does not")
+        aug = default_augmentation(self.seg_schema) if cfg.augment else None
+        train = LUSDataset(self.data, self.seg_schema, transform=aug, rows=train_rows, seed=cfg.seed)
         val = LUSDataset(self.data, None, rows=val_rows)
         self.train_labels = [DIAGNOSES.index(r["diagnosis"]) for r in train_rows]
+        self.seg_weights = None
+        if self.seg_schema is not None:
+            schema = get_schema(self.seg_schema)
+            self.seg_weights = class_weights(scan_masks(train, schema.num_classes)).to(self.device)
         info = {"train_frames": len(train), "val_frames": len(val), "image_size": list(self.size)}
         return train, val, info
 
@@ -127,8 +138,9 @@ class ClsTrainer(Trainer):
         return ReverseTransferClassifier(unet, tap=cfg.tap, num_classes=len(DIAGNOSES))
 
     def ddp_kwargs(self) -> dict[str, Any]:
-        # a frozen body or the bottleneck tap leaves parameters without gradients
-        return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or self.cfg.tap == "bottleneck"}
+        # a frozen body, or a tap that skips the segmentation head, leaves parameters without gradients
+        unused = self.cfg.tap in ("bottleneck", "decoder") and self.cfg.aux_seg_weight == 0
+        return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or unused}
 
     def make_optimizer(self, net: ReverseTransferClassifier) -> torch.optim.Optimizer:
         groups = [
@@ -147,8 +159,11 @@ class ClsTrainer(Trainer):
         x = batch["image"].to(self.device, non_blocking=True)
         y = torch.as_tensor(batch["label"], device=self.device)
         with self.autocast():
-            logits = self.model(x)
+            logits, seg = self.model(x, with_segmentation=True)
         loss = F.cross_entropy(logits.float(), y)
+        if self.seg_schema is not None:
+            mask = batch["mask"].to(self.device, non_blocking=True)
+            loss = loss + self.cfg.aux_seg_weight * segmentation_loss(seg, mask, self.seg_weights, dice_weight=1.0)
         self.step(loss)
         return float(loss.detach())
 

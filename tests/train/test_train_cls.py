@@ -115,3 +115,15 @@ def test_balanced_sampler_draws_classes_equally_and_shards_ranks():
     r0 = list(BalancedSampler(labels, DistEnv(rank=0, world_size=2), seed=1))
     r1 = list(BalancedSampler(labels, DistEnv(rank=1, world_size=2), seed=1))
     assert len(r0) == len(r1) == 50 and r0 != r1
+
+
+def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_path):
+    data, _, sparse = setup
+    cfg = ClsTrainConfig(init=f"sparse:{sparse}", epochs=1, batch_size=4, aux_seg_weight=0.5)
+    summary = train_kfold(cfg, data, tmp_path / "aux", DistEnv(), folds=3)
+    assert all(np.isfinite(s["best_val_score"]) for s in summary)
+    config = json.loads((tmp_path / "aux" / "fold0" / "config.json").read_text())
+    assert config["train"]["aux_seg_weight"] == 0.5
+    bad = ClsTrainConfig(init=f"sparse:{sparse}", epochs=1, tap="bottleneck", aux_seg_weight=0.5)
+    with pytest.raises(TrainError, match="needs a tap that runs the decoder"):
+        train_kfold(bad, data, tmp_path / "bad", DistEnv(), folds=3)
