@@ -285,6 +285,27 @@ def dense_vs_sparse(
     typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
 
 
+@app.command()
+def reproduce(
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Output folder (stages are cached there)."),
+    quick: bool = typer.Option(False, "--quick", help="The 10-minute CPU budget (one seed, 3 folds)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """The seed paper end to end on simulated data: segmentation, dense vs sparse, reverse transfer, report."""
+    from pleura.experiments.reproduce import ReproduceConfig, run_reproduce
+    from pleura.train.distributed import init_distributed
+
+    cfg = ReproduceConfig.quick() if quick else ReproduceConfig.full()
+    try:
+        env = init_distributed(device)
+        with progress_bar() as bar:
+            results = run_reproduce(out, cfg, env, progress=_EpochProgress(bar))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+
+
 def main() -> None:
     """Entry point of the ``pleura`` script."""
     try:

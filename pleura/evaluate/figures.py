@@ -175,3 +175,84 @@ def fp_bar_chart(results: dict, path: str | Path) -> Path:
     fig.suptitle("dense vs sparse labels (simulated test set, mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, facecolor="white")
+
+
+def confusion_figure(evals: dict[str, dict], path: str | Path, level: str = "clip") -> Path:
+    """One pooled confusion matrix per model (``eval-cls`` results keyed by name)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(evals), figsize=(3.3 * len(evals), 3.2), squeeze=False)
+    for ax, (name, ev) in zip(axes[0], evals.items(), strict=True):
+        cm = np.array(ev[level]["pooled"]["confusion"])
+        names = ev["class_names"]
+        ax.imshow(cm, cmap="Blues")
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("predicted", fontsize=8)
+        ax.set_ylabel("truth", fontsize=8)
+        ax.set_title(f"{name} ({level} level)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, facecolor="white")
+
+
+def roc_points(is_positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates of every threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-score, kind="stable")
+    pos = is_positive[order].astype(float)
+    tp, fp = np.cumsum(pos), np.cumsum(1 - pos)
+    return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
+
+
+def roc_figure(runs: dict[str, Path], path: str | Path) -> Path:
+    """Frame-level one-vs-rest ROC curves per class, one line per model, pooled over folds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pleura.evaluate.classification import binary_roc_auc
+    from pleura.evaluate.cls import read_predictions
+    from pleura.labels import DIAGNOSES
+
+    fig, axes = plt.subplots(1, len(DIAGNOSES), figsize=(3.4 * len(DIAGNOSES), 3.3), squeeze=False)
+    for name, run in runs.items():
+        preds = [read_predictions(f) for f in sorted(Path(run).glob("fold*/test_predictions.csv"))]
+        y = np.concatenate([p["label"] for p in preds])
+        prob = np.concatenate([p["prob"] for p in preds])
+        for k, ax in enumerate(axes[0]):
+            fpr, tpr = roc_points(y == k, prob[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {binary_roc_auc(y == k, prob[:, k]):.2f})")
+    for k, ax in enumerate(axes[0]):
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set_title(f"{DIAGNOSES[k]} vs rest", fontsize=9)
+        ax.set_xlabel("1 - specificity", fontsize=8)
+        ax.set_ylabel("sensitivity", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, facecolor="white")
+
+
+def biomarker_chart(ev: dict, path: str | Path) -> Path:
+    """Mean biomarkers by true diagnosis from an ``eval-cls`` result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = ev.get("biomarkers_by_diagnosis") or {}
+    shown = [m for m in ("b_line_count", "a_line_count", "b_line_fraction", "aeration_score") if m in markers]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(2.8 * max(len(shown), 1), 3.0), squeeze=False)
+    for ax, marker in zip(axes[0], shown, strict=False):
+        names = list(markers[marker])
+        values = [np.nan if markers[marker][n] is None else markers[marker][n] for n in names]
+        ax.bar(names, values, color=["#e63946", "#f4a261", "#2a9d8f"][: len(names)])
+        ax.set_title(marker, fontsize=9)
+        ax.tick_params(labelsize=8)
+    fig.suptitle("biomarkers from the model's segmentation, by true diagnosis", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, facecolor="white")
