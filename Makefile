@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_train_seg.py
+	$(BIN)/python benchmarks/bench_reproduce.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

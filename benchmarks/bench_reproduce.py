@@ -1,0 +1,64 @@
+"""Wall time and peak memory of ``pleura reproduce --quick`` (the README's main job).
+
+Target (issue 4): within 10 minutes on the 2-core CPU machine. Runs in a fresh output folder; the peak
+memory is that of the whole process tree (the simulator's workers included), sampled.
+
+    python benchmarks/bench_reproduce.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_simulate import tree_rss_mb
+
+
+def main() -> None:
+    out = Path(tempfile.mkdtemp(prefix="pleura-reproduce-")) / "run"
+    cmd = [sys.executable, "-m", "pleura", "reproduce", "--quick", "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0.0
+
+    def sample() -> None:
+        nonlocal peak
+        while proc.poll() is None:
+            peak = max(peak, tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = proc.communicate()
+    sampler.join()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit("pleura reproduce --quick failed")
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "pleura reproduce --quick",
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(peak),
+        "report_tail": stdout.strip().splitlines()[-1],
+    }
+    shutil.rmtree(out.parent, ignore_errors=True)
+    path = Path(__file__).with_name("results") / "reproduce.json"
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
