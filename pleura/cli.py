@@ -206,6 +206,7 @@ def train_cls(
     patience: int = typer.Option(8, "--patience", help="Early stopping patience (validation balanced accuracy)."),
     seed: int = typer.Option(0, "--seed", help="Seed of init, folds, sampling, augmentation."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Keep finished folds, continue an interrupted one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace non-empty fold folders."),
 ) -> None:
     """Reverse transfer: train a COVID-19 / pneumonia / normal classifier from a segmentation U-Net, k-fold."""
@@ -223,7 +224,9 @@ def train_cls(
         fail(str(e))
     try:
         with progress_bar() as bar:
-            train_kfold(cfg, data, out, env, folds=folds, progress=_EpochProgress(bar), overwrite=overwrite)
+            train_kfold(
+                cfg, data, out, env, folds=folds, progress=_EpochProgress(bar), overwrite=overwrite, resume=resume
+            )
     except ValueError as e:
         fail(str(e))
     finally:

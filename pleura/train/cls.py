@@ -266,10 +266,12 @@ def train_kfold(
     folds: int = 5,
     progress: Progress | None = None,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Stratified group k-fold: train on k-1 folds, predict the held-out one into ``RUN/fold{k}/``.
 
-    Every check (labels, groups per class, the ``--init`` run) runs before the first fold trains.
+    Every check (labels, groups per class, the ``--init`` run) runs before the first fold trains. With
+    ``resume``, finished folds are kept and an interrupted fold continues from its ``last/`` checkpoint.
     """
     data, out = Path(data), Path(out)
     rows = read_manifest(data)
@@ -283,7 +285,11 @@ def train_kfold(
     summaries = []
     for k, (train_rows, test_rows) in enumerate(splits):
         fold_dir = out / f"fold{k}"
-        summary = ClsTrainer(cfg, data, fold_dir, env, rows=train_rows, progress=progress).fit(overwrite=overwrite)
+        if resume and (fold_dir / "test_predictions.csv").exists():
+            summaries.append(json.loads((fold_dir / "summary.json").read_text()))
+            continue
+        trainer = ClsTrainer(cfg, data, fold_dir, env, rows=train_rows, progress=progress)
+        summary = trainer.fit(resume=resume and (fold_dir / "last").is_dir(), overwrite=overwrite)
         if env.is_main:
             model, _ = read_checkpoint(fold_dir / "best")
             preds = predict_rows(model, data, test_rows)

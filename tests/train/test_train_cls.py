@@ -127,3 +127,14 @@ def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_p
     bad = ClsTrainConfig(init=f"sparse:{sparse}", epochs=1, tap="bottleneck", aux_seg_weight=0.5)
     with pytest.raises(TrainError, match="needs a tap that runs the decoder"):
         train_kfold(bad, data, tmp_path / "bad", DistEnv(), folds=3)
+
+
+def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
+    data, _, _ = setup
+    cfg = ClsTrainConfig(init="scratch", epochs=1, batch_size=4, width=4, depth=2)
+    train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3)
+    stamp = (tmp_path / "run" / "fold1" / "test_predictions.csv").stat().st_mtime_ns
+    (tmp_path / "run" / "fold2" / "test_predictions.csv").unlink()  # as if interrupted in fold 2
+    train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3, resume=True)
+    assert (tmp_path / "run" / "fold1" / "test_predictions.csv").stat().st_mtime_ns == stamp
+    assert (tmp_path / "run" / "fold2" / "test_predictions.csv").exists()
