@@ -43,8 +43,8 @@ class ReproduceConfig:
 
     @classmethod
     def quick(cls) -> ReproduceConfig:
-        seg = DenseVsSparseConfig(seeds=(0,), train_clips=60, test_clips=30, epochs=6)
-        return cls(seg=seg, folds=3, cls_epochs=4)
+        seg = DenseVsSparseConfig(seeds=(0,), train_clips=60, test_clips=30, epochs=10)
+        return cls(seg=seg, folds=3, cls_epochs=5)
 
     @classmethod
     def full(cls) -> ReproduceConfig:
