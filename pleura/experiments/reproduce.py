@@ -70,7 +70,7 @@ def run_reproduce(
                 init=source, epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=seed,
                 width=cfg.seg.width, depth=cfg.seg.depth, group="patient_id",
             )  # fmt: skip
-            if not (run / "eval.json").exists():
+            if not _fresh(run, ccfg, cfg.folds):
                 train_kfold(ccfg, train_data, run, env, folds=cfg.folds, progress=progress, overwrite=True)
                 evaluate_classification(run)
             evals[init].append(json.loads((run / "eval.json").read_text()))
@@ -90,6 +90,16 @@ def run_reproduce(
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_markdown(results, cfg))
     return results
+
+
+def _fresh(run: Path, ccfg: ClsTrainConfig, folds: int) -> bool:
+    """A finished k-fold run of exactly this configuration, so a rerun can reuse it."""
+    try:
+        kfold = json.loads((run / "kfold.json").read_text())
+        same = kfold["folds"] == folds and kfold["train"] == json.loads(json.dumps(asdict(ccfg)))
+        return same and (run / "eval.json").exists()
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def classification_table(evals: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
