@@ -12,37 +12,19 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_simulate import tree_rss_mb
+from bench_simulate import run_sampled
 
 
 def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="pleura-reproduce-")) / "run"
     cmd = [sys.executable, "-m", "pleura", "reproduce", "--quick", "--out", str(out)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = 0.0
-
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, tree_rss_mb(proc.pid))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, _ = proc.communicate()
-    sampler.join()
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit("pleura reproduce --quick failed")
+    stdout, seconds, peak = run_sampled(cmd, "pleura reproduce --quick", every=0.2)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),

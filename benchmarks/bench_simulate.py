@@ -47,28 +47,32 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_case(clips: int, frames: int, size: int, workers: int) -> dict[str, float]:
-    """Simulate in a subprocess; wall time, frames/s and peak RSS of the whole process tree."""
-    out = Path(tempfile.mkdtemp(prefix="pleura-bench-")) / "ds"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CASE, str(clips), str(frames), str(size), str(workers), str(out)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def run_sampled(cmd: list[str], what: str, every: float = 0.05) -> tuple[str, float, float]:
+    """Run ``cmd``; its stdout, wall seconds and the peak RSS (MB) of its process tree, sampled."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0.0
 
     def sample() -> None:
         nonlocal peak
         while proc.poll() is None:
             peak = max(peak, tree_rss_mb(proc.pid))
-            time.sleep(0.05)
+            time.sleep(every)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     stdout, _ = proc.communicate()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark case failed ({clips} clips x {frames} frames)")
+        raise SystemExit(f"benchmark failed: {what}")
+    return stdout, time.perf_counter() - t0, peak
+
+
+def run_case(clips: int, frames: int, size: int, workers: int) -> dict[str, float]:
+    """Simulate in a subprocess; wall time, frames/s and peak RSS of the whole process tree."""
+    out = Path(tempfile.mkdtemp(prefix="pleura-bench-")) / "ds"
+    cmd = [sys.executable, "-c", CASE, str(clips), str(frames), str(size), str(workers), str(out)]
+    stdout, _, peak = run_sampled(cmd, f"{clips} clips x {frames} frames")
     seconds = json.loads(stdout.strip().splitlines()[-1])["seconds"]
     disk = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
     shutil.rmtree(out.parent, ignore_errors=True)

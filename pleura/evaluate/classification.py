@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from pleura.evaluate.metrics import nan_div
 from pleura.labels import DIAGNOSES
 
 __all__ = [
@@ -90,15 +91,6 @@ def _check_inputs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def _nan_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` in float64, NaN where ``den == 0``."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
-    out = np.full(np.broadcast(num, den).shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
 def _nanmean(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[~np.isnan(x)]
@@ -138,7 +130,7 @@ def balanced_accuracy(y_true: Any, prob: Any) -> float:
     """Mean recall over the classes present in ``y_true``; a fast metric for :func:`bootstrap_ci`."""
     y, p = _check_inputs(y_true, prob)
     cm = _confusion(y, p.argmax(axis=1), p.shape[1])
-    return _nanmean(_nan_div(np.diag(cm), cm.sum(axis=1)))
+    return _nanmean(nan_div(np.diag(cm), cm.sum(axis=1)))
 
 
 def classification_metrics(
@@ -191,10 +183,10 @@ def classification_metrics(
     fp = cm.sum(axis=0) - tp
     fn = cm.sum(axis=1) - tp
     tn = n - tp - fp - fn
-    precision = _nan_div(tp, tp + fp)
-    recall = _nan_div(tp, tp + fn)
-    specificity = _nan_div(tn, tn + fp)
-    f1 = _nan_div(2 * tp, 2 * tp + fp + fn)
+    precision = nan_div(tp, tp + fp)
+    recall = nan_div(tp, tp + fn)
+    specificity = nan_div(tn, tn + fp)
+    f1 = nan_div(2 * tp, 2 * tp + fp + fn)
     auc = np.array([binary_roc_auc(y == k, p[:, k]) for k in range(c)])
     support = cm.sum(axis=1)
     per_class = {

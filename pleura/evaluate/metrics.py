@@ -60,7 +60,7 @@ def _check_shapes(pred_shape: tuple[int, ...], target_shape: tuple[int, ...]) ->
         )
 
 
-def _nan_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def nan_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` in float64, NaN where ``den == 0``."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
@@ -173,10 +173,10 @@ class SegmentationMetrics:
         tp = np.diag(c)
         fp = c.sum(axis=0) - tp
         fn = c.sum(axis=1) - tp
-        iou = _nan_div(tp, tp + fp + fn)
-        dice = _nan_div(2 * tp, 2 * tp + fp + fn)
-        precision = _nan_div(tp, tp + fp)
-        recall = _nan_div(tp, tp + fn)
+        iou = nan_div(tp, tp + fp + fn)
+        dice = nan_div(2 * tp, 2 * tp + fp + fn)
+        precision = nan_div(tp, tp + fp)
+        recall = nan_div(tp, tp + fn)
         if self.ignore_index is not None and 0 <= self.ignore_index < self.num_classes:
             for a in (iou, dice, precision, recall):
                 a[self.ignore_index] = np.nan
@@ -190,7 +190,7 @@ class SegmentationMetrics:
             "support": c.sum(axis=1).astype(np.int64).tolist(),
             "mean_iou": float(iou[present].mean()) if present.any() else math.nan,
             "mean_dice": float(dice[present].mean()) if present.any() else math.nan,
-            "pixel_accuracy": float(_nan_div(tp.sum(), c.sum())),
+            "pixel_accuracy": float(nan_div(tp.sum(), c.sum())),
         }
 
 
@@ -335,8 +335,8 @@ class FalsePositiveMetrics:
         for name, row in zip(self.class_names, sums, strict=True):
             s = {k: int(v) for k, v in zip(self._SUMS, row, strict=True)}
             out[name] = {
-                "fp_pixel_rate": float(_nan_div(s["fp_pixels"], s["pixels_without_class"])),
-                "fp_components_per_frame": float(_nan_div(s["fp_components"], frames)),
+                "fp_pixel_rate": float(nan_div(s["fp_pixels"], s["pixels_without_class"])),
+                "fp_components_per_frame": float(nan_div(s["fp_components"], frames)),
                 "fp_components": s["fp_components"],
                 "frames": frames,
                 "frames_without_class": s["frames_without_class"],
@@ -344,8 +344,8 @@ class FalsePositiveMetrics:
                 "pred_components": s["pred_components"],
                 "true_components": s["true_components"],
                 "true_components_hit": s["true_components_hit"],
-                "component_precision": float(_nan_div(s["pred_components"] - s["fp_components"], s["pred_components"])),
-                "component_recall": float(_nan_div(s["true_components_hit"], s["true_components"])),
+                "component_precision": float(nan_div(s["pred_components"] - s["fp_components"], s["pred_components"])),
+                "component_recall": float(nan_div(s["true_components_hit"], s["true_components"])),
             }
         return out
 
