@@ -69,6 +69,34 @@ def biomarkers_by_diagnosis(folds: list[dict[str, np.ndarray]]) -> dict[str, dic
     return out
 
 
+def write_clip_biomarkers(folds: list[dict[str, np.ndarray]], path: Path) -> None:
+    """Per clip: its label, mean predicted probabilities and biomarkers (mean of fractions, max of counts
+    and of the aeration score: a zone is scored by its worst view)."""
+    if not folds or not folds[0]["markers"]:
+        return
+    clip = np.concatenate([p["clip_id"] for p in folds])
+    label = np.concatenate([p["label"] for p in folds])
+    prob = np.concatenate([p["prob"] for p in folds])
+    markers = {k: np.concatenate([p["markers"][k] for p in folds]) for k in folds[0]["markers"]}
+    rows = []
+    for c in sorted(set(clip.tolist())):
+        m = clip == c
+        row: dict[str, Any] = {"clip_id": c, "diagnosis": DIAGNOSES[int(label[m][0])], "frames": int(m.sum())}
+        row.update({f"p_{d}": round(float(prob[m, k].mean()), 5) for k, d in enumerate(DIAGNOSES)})
+        for k, v in markers.items():
+            values = v[m][np.isfinite(v[m])]
+            agg = np.max if k.endswith(("count", "score", "b_lines")) else np.mean
+            row[k] = round(float(agg(values)), 5) if values.size else ""
+        rows.append(row)
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
 def _levels(p: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Frame- and clip-level ``(y, prob, patient groups)``."""
     clips, y_clip, prob_clip = aggregate_by_group(p["clip_id"], p["label"], p["prob"])
@@ -97,6 +125,7 @@ def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) 
         }
         result[level] = {"per_fold": per_fold, "folds": summarise_folds(per_fold), "pooled": overall, "ci95": ci}
     result["biomarkers_by_diagnosis"] = biomarkers_by_diagnosis(folds)
+    write_clip_biomarkers(folds, run / "clip_biomarkers.csv")
     write_json(run / "eval.json", result)
     write_text(run / "eval.md", eval_markdown(result))
     return result

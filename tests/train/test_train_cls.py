@@ -63,6 +63,9 @@ def test_kfold_predicts_every_frame_once_from_a_model_that_reused_the_segmenter(
     assert sum(map(sum, ev["clip"]["pooled"]["confusion"])) == 18
     assert "Clip level" in (tmp_path / "run" / "eval.md").read_text()
     assert set(ev["biomarkers_by_diagnosis"]["b_line_count"]) == set(DIAGNOSES)
+    with open(tmp_path / "run" / "clip_biomarkers.csv") as fh:
+        clips = list(csv.DictReader(fh))
+    assert len(clips) == 18 and {"b_line_count", "aeration_score", "p_covid"} <= set(clips[0])
     assert "Biomarkers read from the model's segmentation" in (tmp_path / "run" / "eval.md").read_text()
 
 
@@ -138,3 +141,25 @@ def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
     train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3, resume=True)
     assert (tmp_path / "run" / "fold1" / "test_predictions.csv").stat().st_mtime_ns == stamp
     assert (tmp_path / "run" / "fold2" / "test_predictions.csv").exists()
+
+
+def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data, _, _ = setup
+    run = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "pleura", "train-cls", "--data", str(data), "--out", str(run), "--init", "scratch",
+        "--folds", "3", "--epochs", "1", "--batch-size", "2", "--freeze-epochs", "1", "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for k in range(3):
+        summary = json.loads((run / f"fold{k}" / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["ranks_identical"]
+        assert len(set(summary["rank_val_score"])) == 1
+        assert (run / f"fold{k}" / "test_predictions.csv").exists()
