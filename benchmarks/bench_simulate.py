@@ -93,8 +93,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=0, help="0 = all cores")
-    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "simulate.json")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: results/simulate.json; /tmp for --quick)"
+    )
     args = ap.parse_args()
+    if args.out is None:  # a smoke run must not overwrite the committed figures
+        args.out = (
+            Path("/tmp/pleura-simulate-quick.json")
+            if args.quick
+            else Path(__file__).with_name("results") / "simulate.json"
+        )
     cases = [(100, 1), (400, 1)] if args.quick else [(1000, 1), (10000, 1), (1250, 8)]
     rows = []
     for clips, frames in cases:
