@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_cpu
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -144,20 +145,12 @@ def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
 
 
 def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     data, _, _ = setup
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "pleura", "train-cls", "--data", str(data), "--out", str(run), "--init", "scratch",
-        "--folds", "3", "--epochs", "1", "--batch-size", "2", "--freeze-epochs", "1", "--device", "cpu",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_cpu(
+        "train-cls", "--data", str(data), "--out", str(run), "--init", "scratch",
+        "--folds", "3", "--epochs", "1", "--batch-size", "2", "--freeze-epochs", "1",
+    )  # fmt: skip
     for k in range(3):
         summary = json.loads((run / f"fold{k}" / "summary.json").read_text())
         assert summary["world_size"] == 2 and summary["ranks_identical"]

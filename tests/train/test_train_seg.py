@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_cpu
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -168,14 +166,10 @@ def test_empty_or_missing_manifest(tmp_path):
 
 def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "pleura", "train-seg", "--data", str(tiny_data), "--out", str(run), "--schema", "sparse",
-        "--width", "4", "--depth", "2", "--batch-size", "2", "--epochs", "2", "--device", "cpu",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_cpu(
+        "train-seg", "--data", str(tiny_data), "--out", str(run), "--schema", "sparse",
+        "--width", "4", "--depth", "2", "--batch-size", "2", "--epochs", "2",
+    )  # fmt: skip
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert summary["ranks_identical"] and len(set(summary["rank_digests"])) == 1
