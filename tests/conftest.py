@@ -20,7 +20,7 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def torchrun_cpu(*pleura_args: str, nproc: int = 2, timeout: int = 600) -> None:
+def _torchrun_cpu(*pleura_args: str, nproc: int = 2, timeout: int = 600) -> None:
     """Run ``pleura ARGS`` under torchrun with ``nproc`` CPU processes (gloo); fail with its stderr."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -29,3 +29,9 @@ def torchrun_cpu(*pleura_args: str, nproc: int = 2, timeout: int = 600) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture
+def torchrun_cpu():
+    """``torchrun_cpu(*args)``: run ``pleura ARGS`` under torchrun with 2 CPU processes."""
+    return _torchrun_cpu

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import torchrun_cpu
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -144,7 +143,7 @@ def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
     assert (tmp_path / "run" / "fold2" / "test_predictions.csv").exists()
 
 
-def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path):
+def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path, torchrun_cpu):
     data, _, _ = setup
     run = tmp_path / "ddp"
     torchrun_cpu(

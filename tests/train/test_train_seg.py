@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import torchrun_cpu
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -164,7 +163,7 @@ def test_empty_or_missing_manifest(tmp_path):
             SegTrainer(SegTrainConfig(**TINY), data, tmp_path / "run", DistEnv()).fit()
 
 
-def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path):
+def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path, torchrun_cpu):
     run = tmp_path / "ddp"
     torchrun_cpu(
         "train-seg", "--data", str(tiny_data), "--out", str(run), "--schema", "sparse",
