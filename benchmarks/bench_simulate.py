@@ -32,14 +32,22 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 """
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, in MB (Linux /proc)."""
+def tree_rss_mb(pid: int, proportional: bool = False) -> float:
+    """Resident memory of a process and all its descendants, in MB (Linux /proc).
+
+    With ``proportional``, each process counts its proportional set size (shared pages split among the
+    processes sharing them), so forked workers sharing the parent's libraries are not counted twice.
+    """
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            if proportional:
+                with open(f"/proc/{p}/smaps_rollup") as fh:
+                    total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
+            else:
+                with open(f"/proc/{p}/statm") as fh:
+                    total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             with open(f"/proc/{p}/task/{p}/children") as fh:
                 stack += [int(c) for c in fh.read().split()]
         except (FileNotFoundError, ProcessLookupError):
@@ -47,8 +55,9 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_sampled(cmd: list[str], what: str, every: float = 0.05) -> tuple[str, float, float]:
-    """Run ``cmd``; its stdout, wall seconds and the peak RSS (MB) of its process tree, sampled."""
+def run_sampled(cmd: list[str], what: str, every: float = 0.05, proportional: bool = False) -> tuple[str, float, float]:
+    """Run ``cmd``; its stdout, wall seconds and the peak RSS (MB; PSS if ``proportional``) of its process
+    tree, sampled."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak = 0.0
@@ -56,7 +65,7 @@ def run_sampled(cmd: list[str], what: str, every: float = 0.05) -> tuple[str, fl
     def sample() -> None:
         nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, tree_rss_mb(proc.pid))
+            peak = max(peak, tree_rss_mb(proc.pid, proportional))
             time.sleep(every)
 
     sampler = threading.Thread(target=sample, daemon=True)

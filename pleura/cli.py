@@ -59,6 +59,7 @@ def simulate(
     classes: str = typer.Option("covid,pneumonia,normal", "--classes", help="Comma-separated diagnoses."),
     frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip)."),
     workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores."),
+    style: str = typer.Option("physics", "--style", help="Output style: physics, or pocus (looks like POCUS clips)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write gallery.png, a contact sheet with overlays."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
@@ -75,6 +76,7 @@ def simulate(
         classes=tuple(c.strip() for c in classes.split(",") if c.strip()),
         frames=frames,
         workers=workers,
+        style=style,
     )
     try:
         cfg.validate()
@@ -250,6 +252,48 @@ def eval_cls(
     typer.echo((run / "eval.md").read_text())
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Bring real data in: import datasets into manifest folders.")
+app.add_typer(data_app, name="data")
+DEFAULT_POCUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pocus"
+
+
+@data_app.command("import-pocus")
+def import_pocus_cmd(
+    src: Path = typer.Argument(DEFAULT_POCUS, help="The POCUS folder (manifest.csv and class folders)."),
+    out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent unless --overwrite)."),
+    rate: float = typer.Option(3.0, "--rate", help="Frames sampled per second of clip."),
+    max_per_clip: int = typer.Option(30, "--max-per-clip", help="At most this many frames per clip."),
+    size: int = typer.Option(256, "--size", help="Side of the square cleaned frames, in pixels."),
+    include_other: bool = typer.Option(False, "--include-other", help="Also import viral and uncertain files."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+) -> None:
+    """Import the POCUS lung-ultrasound dataset: sample, clean and resize frames into a manifest dataset."""
+    import time
+
+    from pleura.data.pocus import PocusError, PocusImportConfig, import_pocus, read_source_manifest, select_files
+
+    cfg = PocusImportConfig(rate=rate, max_per_clip=max_per_clip, size=size, include_other=include_other,
+                            workers=workers)  # fmt: skip
+    start = time.perf_counter()
+    try:
+        cfg.validate()
+        total = len(select_files(read_source_manifest(src), cfg))
+        with progress_bar() as bar:
+            task = bar.add_task("import", total=total, rate="")
+            report = import_pocus(src, out, cfg, overwrite=overwrite, progress=lambda k: bar.advance(task, k))
+    except PocusError as e:
+        fail(str(e))
+    for file, error in report.failed:
+        err.print(f"[yellow]skipped[/] {file}: {error}", highlight=False, soft_wrap=True)
+    per_class = ", ".join(f"{k} {v}" for k, v in report.per_class.items())
+    typer.echo(
+        f"imported {report.frames} frames ({per_class}) from {report.files - len(report.failed)} of {report.files} "
+        f"files into {out} in {time.perf_counter() - start:.1f} s; {len(report.failed)} failed, "
+        f"{report.excluded} left out (classes outside the task)"
+    )
+
+
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that reproduce and test the seed paper's claims.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -282,6 +326,31 @@ def dense_vs_sparse(
         env = init_distributed(device)
         with progress_bar() as bar:
             results = run_experiment(out, cfg, env, progress=_EpochProgress(bar))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+
+
+@experiment_app.command("pocus")
+def pocus_experiment(
+    data: Path = typer.Option(DEFAULT_POCUS, "--data", help="POCUS folder, or a dataset made by data import-pocus."),
+    out: Path = typer.Option(Path("runs/pocus"), "--out", help="Experiment folder (stages are cached there)."),
+    quick: bool = typer.Option(False, "--quick", help="A smoke-sized run (minutes)."),
+    full: bool = typer.Option(False, "--full", help="The larger run for a GPU (256 px, width 16, 30 epochs)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Simulator-pretrained reverse transfer on real POCUS frames, against scratch, with 5-fold by patient."""
+    from pleura.experiments.pocus import PocusExperimentConfig, run_pocus
+    from pleura.train.distributed import init_distributed
+
+    if quick and full:
+        fail("--quick and --full exclude each other")
+    cfg = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
+    try:
+        env = init_distributed(device)
+        with progress_bar() as bar:
+            results = run_pocus(data, out, cfg, env, progress=_EpochProgress(bar))
     except ValueError as e:
         fail(str(e))
     typer.echo((out / "report.md").read_text())

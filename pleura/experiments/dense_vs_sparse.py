@@ -46,6 +46,7 @@ class DenseVsSparseConfig:
     depth: int = 4
     patience: int = 100  # no early stopping by default: both schemas get the full budget
     data_seed: int = 1000  # simulation seed of the training set; the test set uses data_seed + 1
+    style: str = "physics"  # simulator output style (pocus: fitted to real POCUS frames)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, schema: str, seed: int) -> SegTrainConfig:
@@ -88,7 +89,7 @@ def run_experiment(
     out = Path(out)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    common = {"size": cfg.size, "frames": cfg.frames, "probe": "mixed"}
+    common = {"size": cfg.size, "frames": cfg.frames, "probe": "mixed", "style": cfg.style}
     train_data = simulate_cached(
         out / "data" / "train", SimulationConfig(n=cfg.train_clips, seed=cfg.data_seed, **common)
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,18 +61,13 @@ def run_reproduce(
     train_data = out / "segmentation" / "data" / "train"
     evals: dict[str, list[dict[str, Any]]] = {i: [] for i in INITS}
     for seed in cfg.seg.seeds:
-        for init in INITS:
-            run = out / "classification" / f"{init}-seed{seed}"
-            source = (
-                "scratch" if init == "scratch" else f"{init}:{out / 'segmentation' / 'runs' / f'{init}-seed{seed}'}"
-            )
-            ccfg = ClsTrainConfig(
-                init=source, epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=seed,
-                width=cfg.seg.width, depth=cfg.seg.depth, group="patient_id",
-            )  # fmt: skip
-            if not _fresh(run, ccfg, cfg.folds):
-                train_kfold(ccfg, train_data, run, env, folds=cfg.folds, progress=progress, overwrite=True)
-                evaluate_classification(run)
+        ccfg = ClsTrainConfig(
+            epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=seed,
+            width=cfg.seg.width, depth=cfg.seg.depth, group="patient_id",
+        )  # fmt: skip
+        runs = train_variants(train_data, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env,
+                              progress)  # fmt: skip
+        for init, run in runs.items():
             evals[init].append(json.loads((run / "eval.json").read_text()))
     table = classification_table(evals)
     results = {
@@ -90,6 +85,34 @@ def run_reproduce(
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_markdown(results, cfg))
     return results
+
+
+def train_variants(
+    data: Path,
+    seg_runs: Path,
+    out: Path,
+    ccfg: ClsTrainConfig,
+    folds: int,
+    env: DistEnv,
+    progress: Progress | None = None,
+    inits: tuple[str, ...] = INITS,
+) -> dict[str, Path]:
+    """Train and evaluate the reverse-transfer variants on ``data`` with k-fold; cached per variant.
+
+    Every variant uses ``ccfg`` (architecture, budget, seed) and differs only in its start: the
+    ``{init}-seed{seed}`` run of ``seg_runs`` for dense and sparse, random weights for scratch. Returns the
+    run folder of each variant (``out/{init}-seed{seed}``, holding ``eval.json``).
+    """
+    runs = {}
+    for init in inits:
+        run = out / f"{init}-seed{ccfg.seed}"
+        source = "scratch" if init == "scratch" else f"{init}:{seg_runs / f'{init}-seed{ccfg.seed}'}"
+        vcfg = replace(ccfg, init=source)
+        if not _fresh(run, vcfg, folds):
+            train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=True)
+            evaluate_classification(run)
+        runs[init] = run
+    return runs
 
 
 def _fresh(run: Path, ccfg: ClsTrainConfig, folds: int) -> bool:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing as mp
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,9 +18,12 @@ import numpy as np
 from PIL import Image
 
 from pleura import __version__
+from pleura.atomic import staged_folder
 from pleura.labels import DIAGNOSES, PROBES, SCHEMAS, convert
+from pleura.parallel import parallel_map
 from pleura.simulate.render import ClipRenderer, Frame
 from pleura.simulate.scene import Scene, sample_scene
+from pleura.simulate.style import STYLES, apply_style
 
 PROBE_CHOICES = (*PROBES, "mixed")
 MASK_SCHEMAS = ("anatomy", "dense", "sparse")
@@ -50,6 +51,7 @@ class SimulationConfig:
     classes: tuple[str, ...] = DIAGNOSES
     frames: int = 1  # frames per clip; > 1 gives lung sliding and speckle decorrelation
     workers: int = 0  # processes; 0 means all cores
+    style: str = "physics"  # output style (``pleura.simulate.style.STYLES``): physics, or pocus to look like POCUS
 
     def validate(self) -> None:
         """Raise ``SimulationError`` for settings the simulator cannot honour."""
@@ -70,6 +72,8 @@ class SimulationConfig:
             )
         if len(set(self.classes)) != len(self.classes):
             raise SimulationError(f"--classes lists a class twice: {','.join(self.classes)}")
+        if self.style not in STYLES:
+            raise SimulationError(f"unknown style {self.style!r}; choose one of: {', '.join(STYLES)}")
         if self.workers < 0:
             raise SimulationError(f"--workers must be 0 (all cores) or more, got {self.workers}")
 
@@ -110,7 +114,7 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
     for t, frame in enumerate(frames):
         fid = f"{clip_id}_{t:03d}"
         row: dict[str, object] = {"id": fid, "image": f"images/{fid}.png"}
-        _save_png(frame.image, root / "images" / f"{fid}.png")
+        _save_png(apply_style(frame.image, cfg.style), root / "images" / f"{fid}.png")
         for name in MASK_SCHEMAS:
             rel = f"masks/{name}/{fid}.png"
             _save_png(convert(frame.anatomy, "anatomy", name), root / rel, SCHEMAS[name].palette())
@@ -121,35 +125,6 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
         )  # fmt: skip
         rows.append(row)
     return rows
-
-
-def _prepare_output(out: Path, overwrite: bool) -> Path:
-    """Check the output folder and make the temporary one beside it."""
-    if out.exists() and not out.is_dir():
-        raise SimulationError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SimulationError(f"{out}: output folder is not empty; pass --overwrite to replace it")
-    parent = out.absolute().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{out.name}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sub in ["images", *(f"masks/{s}" for s in MASK_SCHEMAS)]:
-            (tmp / sub).mkdir(parents=True)
-    except OSError as e:
-        raise SimulationError(f"{out}: cannot write the output folder ({e.strerror or e})") from None
-    return tmp
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder onto ``out``, replacing what was there."""
-    old = None
-    if out.exists():
-        old = out.absolute().parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_dataset(
@@ -170,14 +145,14 @@ def write_dataset(
     """
     cfg.validate()
     out = Path(out)
-    tmp = _prepare_output(out, overwrite)
-    try:
+    subdirs = ["images", *(f"masks/{s}" for s in MASK_SCHEMAS)]
+    with staged_folder(out, overwrite, subdirs, error=SimulationError) as tmp:
         workers = cfg.workers or os.cpu_count() or 1
         tasks = [(cfg, i, str(tmp)) for i in range(cfg.n)]
         with open(tmp / "manifest.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=MANIFEST_COLUMNS)
             writer.writeheader()
-            for rows in _map(tasks, workers):
+            for rows in parallel_map(_write_clip, tasks, workers):
                 writer.writerows(rows)
                 if progress is not None:
                     progress(len(rows))
@@ -192,17 +167,4 @@ def write_dataset(
             from pleura.evaluate.figures import dataset_gallery
 
             dataset_gallery(tmp, tmp / "gallery.png")
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out / "manifest.csv"
-
-
-def _map(tasks: list, workers: int) -> Iterator[list[dict[str, object]]]:
-    """Ordered map over clips, in worker processes when more than one is asked for."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(_write_clip, tasks)
-        return
-    with mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn").Pool(workers) as pool:
-        yield from pool.imap(_write_clip, tasks, chunksize=max(1, min(8, len(tasks) // (workers * 8))))

@@ -1,0 +1,369 @@
+"""One streamed reader for every medium a lung-ultrasound user brings: images, clips and DICOM.
+
+The kind of a file is decided by its content (magic bytes), never by its extension. Stills and
+animations in PNG/JPEG/BMP/GIF/TIFF are read with Pillow, DICOM with pydicom (frame by frame via
+``pydicom.pixels.iter_pixels``), and everything else that FFmpeg can open with a video stream with
+PyAV, one decoded frame at a time. Every frame comes out as a 2-D ``uint8`` grayscale array made by
+:func:`to_gray_uint8`. Every failure is a one-line :class:`ReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import av
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, iter_pixels
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FRAME_S = 0.1  # frame spacing assumed when a file states no timing (GIF convention: 10 fps)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)  # fmt: skip
+# (offset, magic, description, is a clip container) for error messages about content nothing could read.
+_CONTENT_MAGIC = (
+    (4, b"ftyp", "MP4/QuickTime clip", True), (4, b"moov", "QuickTime clip", True), (8, b"AVI ", "AVI clip", True),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM clip", True), (0, b"\x00\x00\x01\xba", "MPEG clip", True),
+    (0, b"\x00\x00\x01\xb3", "MPEG clip", True),
+    (0, b"version https://git-lfs", "Git LFS pointer (run `git lfs pull` to fetch the real file)", False),
+    (0, b"%PDF", "PDF document", False), (0, b"PK\x03\x04", "ZIP archive (unpack it first)", False),
+    (0, b"\x1f\x8b", "gzip archive (unpack it first)", False),
+)  # fmt: skip
+_EXTENSIONS = {  # extension -> the content it promises, for the warning about lying extensions
+    f".{ext}": label
+    for label, exts in {
+        "PNG": "png", "JPEG": "jpg jpeg jpe jfif", "GIF": "gif", "TIFF": "tif tiff", "BMP": "bmp dib",
+        "DICOM": "dcm dicom", "video": "mp4 m4v mov avi mpeg mpg mkv webm wmv ogv",
+    }.items()
+    for ext in exts.split()
+}  # fmt: skip
+# Library failures wrapped as ReadError at the public boundary (ReadError itself passes through).
+_LIB_ERRORS = (OSError, ValueError, EOFError, LookupError, AttributeError, TypeError, RuntimeError)
+_LIB_ERRORS += (av.error.FFmpegError, InvalidDicomError, Image.DecompressionBombError)
+
+
+class ReadError(ValueError):
+    """A file that cannot be read as an image, clip or DICOM; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a file holds, read from its header where possible."""
+
+    path: Path  # the file as given
+    kind: str  # "image" (one frame), "video" (a clip or an animation) or "dicom"
+    n_frames: int | None  # frame count, None when the container does not say
+    fps: float | None  # frames per second, None when the file states no timing
+    width: int  # columns, pixels
+    height: int  # rows, pixels
+    pixel_spacing_mm: tuple[float, float] | None  # (row, col) mm per pixel; DICOM only, None when absent
+
+
+class Frame(NamedTuple):
+    """One decoded frame."""
+
+    index: int  # position of the frame in the file (0-based), also when frames are skipped by ``fps``
+    time_s: float  # presentation time relative to the first frame
+    image: np.ndarray  # (H, W) uint8 grayscale
+
+
+def _line(exc: BaseException, path: Path) -> str:
+    """The message of ``exc`` on one line, without the file name that FFmpeg and Pillow repeat."""
+    msg = " ".join(str(getattr(exc, "strerror", None) or exc).split()).replace(f"'{path}'", "")
+    return msg.rstrip(": ") or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _wrap(path: Path, what: str) -> Iterator[None]:
+    """Re-raise library failures as a one-line ReadError naming ``path``."""
+    try:
+        yield
+    except ReadError:
+        raise
+    except _LIB_ERRORS as exc:
+        raise ReadError(f"{path}: {what}: {_line(exc, path)}") from exc
+
+
+def _unit(a: np.ndarray, bits: int | None) -> np.ndarray:
+    """Scale samples to float32 in [0, 1].
+
+    Integers are divided by their bit depth: ``bits`` (DICOM BitsStored, signed data shifted to start at 0)
+    or else the effective depth ``2**ceil(log2(max + 1)) - 1``, at least 8 bits. So 8-bit data stays
+    as is, 12-bit data in a 16-bit PNG maps 4095 to 255, and a dark frame is not contrast-stretched (as
+    scaling by the frame's own max would do). Floats already in [0, 1] are kept; other floats and
+    signed integers without ``bits`` are min-max normalised.
+    """
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if np.issubdtype(a.dtype, np.unsignedinteger) or (bits and np.issubdtype(a.dtype, np.integer)):
+        lo = -(1 << (bits - 1)) if bits and np.issubdtype(a.dtype, np.signedinteger) else 0
+        depth = bits or max(int(a.max(initial=0)).bit_length(), 8)
+        return (a.astype(np.float32) - lo) / float((1 << depth) - 1)
+    x = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if lo >= 0.0 and hi <= 1.0:
+        return x
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def to_gray_uint8(
+    array: np.ndarray | Image.Image, *, photometric: str | None = None, bits: int | None = None
+) -> np.ndarray:
+    """Convert any image layout to a 2-D ``uint8`` grayscale array.
+
+    Args:
+        array: (H, W) grey, (H, W, 2) grey+alpha, (H, W, 3) RGB or YBR, (H, W, 4) RGBA, of any integer,
+            bool or float dtype; or a Pillow image of any mode (palette images are expanded first).
+        photometric: DICOM PhotometricInterpretation: MONOCHROME1 is inverted; for YBR_FULL(_422) the Y
+            channel is the BT.601 luma already. None is treated as MONOCHROME2 / RGB.
+        bits: bits per sample (DICOM BitsStored). None divides integers by their effective depth, the
+            smallest ``2**b - 1`` (b >= 8) holding the max, not blindly by 65535 (see ``_unit``).
+
+    Returns:
+        (H, W) uint8; colour becomes BT.601 luma and alpha is composited on black.
+    """
+    if isinstance(array, Image.Image):
+        img = array
+        if img.mode in ("P", "PA", "La", "RGBa"):
+            img = img.convert("RGBA")
+        elif img.mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not img.mode.startswith("I;16"):
+            img = img.convert("RGB" if len(img.getbands()) >= 3 else "L")
+        array = np.array(img)  # a writable copy
+        if img.mode == "I" and array.min(initial=0) >= 0:
+            array = array.astype(np.uint32)  # Pillow's 32-bit mode; non-negative data scale by bit depth
+    a = np.asarray(array)
+    pi = (photometric or "").upper()
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (2, 3, 4)):
+        raise ValueError(f"cannot convert an array of shape {a.shape} to grayscale")
+    if a.dtype == np.uint8 and a.ndim == 2 and pi != "MONOCHROME1":
+        return a
+    x = _unit(a, bits)
+    if x.ndim == 3:
+        gray = x[..., 0] if x.shape[-1] == 2 or pi.startswith("YBR") else x[..., :3] @ _LUMA
+        x = gray * x[..., -1] if x.shape[-1] in (2, 4) else gray
+    if pi == "MONOCHROME1":
+        x = 1.0 - x
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _describe(head: bytes) -> tuple[str, str]:
+    """A short description of content no reader recognised, and "clip", "unknown" or "other" (not media)."""
+    for offset, magic, what, is_clip in _CONTENT_MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return what, "clip" if is_clip else "other"
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a cut multi-byte character at the end
+    if text and all(c.isprintable() or c in "\t\r\n\f" for c in text):
+        kind = "HTML page" if text.lstrip().lower().startswith(("<!doctype html", "<html")) else "text"
+        return f'{kind} "{text.strip()[:30]}"', "other"
+    return f"unrecognised binary data starting {head[:8].hex(' ')}", "unknown"
+
+
+def _probe(path: Path) -> tuple[str, str]:
+    """(kind, backend) of ``path`` by content; backend is "pil", "dicom" or "av"."""
+    if not path.exists():
+        raise ReadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ReadError(f"{path}: is a folder, not a file")
+    with _wrap(path, "cannot read the file"), open(path, "rb") as fh:
+        head = fh.read(512)
+    if not head:
+        raise ReadError(f"{path}: empty file (0 bytes; an interrupted download or copy?)")
+    fmt = next((f for magic, f in _IMAGE_MAGIC if head.startswith(magic)), None)
+    if fmt is not None:
+        with _wrap(path, f"corrupt {fmt} image"), Image.open(path, formats=[fmt]) as img:
+            animated = getattr(img, "is_animated", False)  # cheaper than counting frames
+        kind, backend, label = ("video" if animated else "image"), "pil", fmt
+    elif head[128:132] == b"DICM":  # what pydicom.dcmread(force=False) accepts, checked without parsing
+        kind, backend, label = "dicom", "dicom", "DICOM"
+    else:
+        ext = path.suffix.lower()
+        although = f" although the extension says {ext}" if ext in _EXTENSIONS else ""
+        what, verdict = _describe(head)
+        unknown = f"{path}: not an image or clip: content is '{what}'{although}"
+        if verdict == "other":  # text, documents, archives: FFmpeg could guess a format from them wrongly
+            raise ReadError(unknown)
+        try:
+            with av.open(str(path)) as container:
+                streams = [s.type for s in container.streams]
+        except _LIB_ERRORS as exc:
+            if verdict == "clip":
+                raise ReadError(f"{path}: cannot open the {what} (truncated or corrupt?): {_line(exc, path)}") from exc
+            raise ReadError(unknown) from exc
+        if "video" not in streams:
+            holds = f"{' and '.join(sorted(set(streams)))} only" if streams else "no streams: an empty clip?"
+            raise ReadError(f"{path}: no video stream (the file holds {holds})")
+        kind, backend, label = "video", "av", "video"
+    expected = _EXTENSIONS.get(path.suffix.lower())
+    if expected is not None and expected != label:
+        logger.warning("%s: content is %s although the extension says %s; read by content", path, label, path.suffix)
+    return kind, backend
+
+
+def sniff(path: str | Path) -> str:
+    """The kind of ``path`` by content: "image", "video" (clips, animated GIFs) or "dicom".
+
+    Raises:
+        ReadError: missing, empty or unrecognised file, or a clip without a video stream.
+    """
+    return _probe(Path(path))[0]
+
+
+def _dicom_header(path: Path) -> pydicom.Dataset:
+    ds = pydicom.dcmread(path, defer_size="1 KB")  # large values (pixel data) stay on disk
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise ReadError(f"{path}: DICOM has no pixel data (PixelData element missing; a report or DICOMDIR?)")
+    return ds
+
+
+def _dicom_fps(ds: pydicom.Dataset) -> float | None:
+    """Frame rate from FrameTime (ms), else CineRate, else RecommendedDisplayFrameRate."""
+    if ds.get("FrameTime"):
+        return 1000.0 / float(ds.FrameTime)
+    rate = ds.get("CineRate") or ds.get("RecommendedDisplayFrameRate")
+    return float(rate) if rate else None
+
+
+def _dicom_spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+    """(row, col) mm per pixel: the first ultrasound region calibrated in cm (units code 3), else PixelSpacing."""
+    for r in ds.get("SequenceOfUltrasoundRegions", []):
+        if r.get("PhysicalUnitsXDirection") == 3 and r.get("PhysicalUnitsYDirection") == 3:
+            return abs(float(r.PhysicalDeltaY)) * 10.0, abs(float(r.PhysicalDeltaX)) * 10.0
+    spacing = ds.get("PixelSpacing")
+    return (float(spacing[0]), float(spacing[1])) if spacing else None
+
+
+_Raw = Iterator[tuple[int, float, Callable[[], np.ndarray]]]  # (index, time_s, lazy image) from a backend
+
+
+def _pil_frames(path: Path) -> _Raw:
+    with Image.open(path) as img:
+        t = 0.0
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            yield i, t, lambda: to_gray_uint8(img)
+            t += img.info.get("duration", 0) / 1000.0 or DEFAULT_FRAME_S
+
+
+def _dicom_frames(path: Path) -> _Raw:
+    ds = _dicom_header(path)
+    pi = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = int(ds.get("BitsStored") or 0) or None
+    dt = 1.0 / (_dicom_fps(ds) or 1.0 / DEFAULT_FRAME_S)
+    for i, arr in enumerate(iter_pixels(path)):  # YBR is converted to RGB by pydicom
+        if pi == "PALETTE COLOR":
+            yield i, i * dt, lambda a=arr: to_gray_uint8(apply_color_lut(a, ds))
+        else:
+            yield i, i * dt, lambda a=arr: to_gray_uint8(a, photometric=pi if a.ndim == 2 else "RGB", bits=bits)
+
+
+def _av_frames(path: Path) -> _Raw:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        dt = 1.0 / float(stream.average_rate or stream.guessed_rate or 1.0 / DEFAULT_FRAME_S)
+        n, t0 = 0, None
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else n * dt
+                t0 = t if t0 is None else t0
+                yield n, t - t0, lambda f=frame: to_gray_uint8(f.to_ndarray(format="rgb24"))
+                n += 1
+        except _LIB_ERRORS as exc:
+            if n == 0:
+                raise ReadError(f"{path}: no frame decodable (truncated or corrupt clip?): {_line(exc, path)}") from exc
+            logger.warning("%s: read %d frames, then a decoding error (truncated clip?): %s", path, n, _line(exc, path))
+            return
+        if 0 < n < stream.frames:
+            logger.warning("%s: read %d of the %d frames in the header (truncated clip?)", path, n, stream.frames)
+
+
+def media_info(path: str | Path) -> MediaInfo:
+    """Kind, frame count, rate, size and (DICOM) pixel spacing of ``path``, from headers where possible.
+
+    Raises:
+        ReadError: see :func:`sniff`; also a DICOM without pixel data.
+    """
+    path = Path(path)
+    kind, backend = _probe(path)
+    with _wrap(path, "cannot read the header"):
+        if backend == "pil":
+            with Image.open(path) as img:
+                ms = img.info.get("duration", 0) if kind == "video" else 0
+                return MediaInfo(path, kind, getattr(img, "n_frames", 1), 1000.0 / ms if ms else None, *img.size, None)
+        if backend == "dicom":
+            ds = _dicom_header(path)
+            n = int(ds.get("NumberOfFrames") or 1)
+            return MediaInfo(path, kind, n, _dicom_fps(ds), int(ds.Columns), int(ds.Rows), _dicom_spacing(ds))
+        with av.open(str(path)) as container:
+            s = container.streams.video[0]
+            rate = s.average_rate or s.guessed_rate
+            n, width, height = s.frames or None, s.codec_context.width, s.codec_context.height
+        if not (width and height):  # header without codec parameters: decode the first frame
+            height, width = next(iter_frames(path, max_frames=1)).image.shape
+        return MediaInfo(path, kind, n, float(rate) if rate else None, width, height, None)
+
+
+def iter_frames(path: str | Path, *, fps: float | None = None, max_frames: int | None = None) -> Iterator[Frame]:
+    """Decode ``path`` one frame at a time; a still image yields one frame at time 0.
+
+    Args:
+        path: an image, clip, animated GIF or DICOM file, recognised by content.
+        fps: sample at this rate by timestamp: the first frame at or after each ``k / fps`` seconds
+            (the first frame is always included). None keeps every frame.
+        max_frames: stop decoding after yielding this many frames.
+
+    Raises:
+        ReadError: unreadable file (raised at the call), or no frame decodable (raised when iterating).
+            A clip that breaks after some frames yields those and logs a warning.
+    """
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    path = Path(path)
+    backend = _probe(path)[1]
+    source = {"pil": _pil_frames, "dicom": _dicom_frames, "av": _av_frames}[backend](path)
+    return _sample(path, source, fps, max_frames)
+
+
+def _sample(path: Path, source: _Raw, fps: float | None, max_frames: int | None) -> Iterator[Frame]:
+    count, next_k = 0, 0
+    with _wrap(path, "cannot decode (truncated or corrupt file?)"), contextlib.closing(source):
+        for index, time_s, image in source:
+            if fps is not None:
+                k = math.floor(time_s * fps + 1e-3)  # tolerance for rounded timestamps
+                if k < next_k:
+                    continue
+                next_k = k + 1
+            yield Frame(index, time_s, image())
+            count += 1
+            if count == max_frames:
+                return
+    if count == 0:
+        raise ReadError(f"{path}: the clip holds no frames")
+
+
+def read_frames(path: str | Path, **kw: Any) -> np.ndarray:
+    """All frames of :func:`iter_frames` (same keywords) stacked as an (N, H, W) ``uint8`` array.
+
+    Raises:
+        ReadError: as :func:`iter_frames`, or frames of different sizes.
+    """
+    images = [f.image for f in iter_frames(path, **kw)]
+    if len({im.shape for im in images}) > 1:
+        raise ReadError(f"{path}: frames differ in size ({sorted({im.shape for im in images})}); use iter_frames")
+    return np.stack(images)

@@ -1,0 +1,15 @@
+"""Inference: ONNX export and the engines (PyTorch, ONNX Runtime) that run a model on a batch of frames.
+
+Example:
+    >>> from pleura.infer import export_onnx, make_engine
+    >>> export_onnx(model, "model.onnx", verify=True)
+    >>> engine = make_engine("model.onnx", engine="onnx")
+    >>> logits, seg_logits = engine(frames)  # frames: float32 (B, 1, H, W)
+"""
+
+from __future__ import annotations
+
+from pleura.infer.engine import Engine, OnnxEngine, TorchEngine, make_engine
+from pleura.infer.export import export_onnx, prepare_for_inference
+
+__all__ = ["Engine", "OnnxEngine", "TorchEngine", "export_onnx", "make_engine", "prepare_for_inference"]
