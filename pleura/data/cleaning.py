@@ -28,6 +28,7 @@ WORK_SIDE = 256  # the scan area is found on a block-averaged grid whose longer 
 MAX_FRAMES = 32  # frames of a clip (evenly spaced) used to find its scan area
 LIVE_RANGE = 3.0  # temporal max - min (grey levels, block mean) above which a pixel is live
 DARK = 12.0  # smoothed grey level above which a pixel of a still image is part of the picture
+TEXTURE = 2.0  # local grey-level std (5x5 pixels, block mean) above which a still pixel is textured
 MIN_FRACTION = 0.02  # a live or bright region smaller than this fraction of the frame is not a scan area
 FILL_CONVEX = 0.88  # a mask filling less of its bounding box than this is a sector (convex probe) ...
 TAPER_CONVEX = 0.92  # ... and so is one whose top rows are narrower than this fraction of its bottom half ...
@@ -91,18 +92,23 @@ def _hull(mask: np.ndarray) -> np.ndarray:
 
 
 def _regularise(grid: np.ndarray) -> np.ndarray:
-    """Clean a rough scan-area mask: close gaps, fill holes, cut thin attached strips, keep the largest
-    component, take its convex hull, and drop what the hull adds above the component's top edge."""
+    """Clean a rough scan-area mask: close gaps, fill holes, cut thin attached strips (opening), keep the
+    largest component, take its convex hull, restore the corners the opening rounded off, and drop what
+    the hull adds above a sector's top arc."""
     r = max(1, round(0.015 * max(grid.shape)))
     pad = 3 * r
-    m = np.pad(grid, pad)
-    m = ndimage.binary_closing(m, _disk(r))
-    m = ndimage.binary_fill_holes(m)
-    m = ndimage.binary_opening(m, _disk(2 * r))[pad:-pad, pad:-pad]
-    if not m.any():
-        return m
-    m = _largest_component(m)
-    return _hull(m) & (np.arange(m.shape[0])[:, None] >= _top_arc(m)[None, :])
+    closed = ndimage.binary_fill_holes(ndimage.binary_closing(np.pad(grid, pad), _disk(r)))
+    opened = ndimage.binary_opening(closed, _disk(2 * r))
+    if not opened.any():
+        return opened[pad:-pad, pad:-pad]
+    comp = _largest_component(opened)
+    corners = (closed & ndimage.binary_dilation(comp, _disk(r)))[pad:-pad, pad:-pad]
+    comp = comp[pad:-pad, pad:-pad]
+    rows, cols = np.nonzero(comp.any(axis=1))[0], np.nonzero(comp.any(axis=0))[0]
+    box = np.zeros_like(comp)
+    box[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] = True
+    corners &= box  # the opening keeps a rectangle's straight edges: its corners lie in the box, strips not
+    return (_hull(comp) | corners) & (np.arange(comp.shape[0])[:, None] >= _top_arc(comp | corners)[None, :])
 
 
 def _top_arc(m: np.ndarray) -> np.ndarray:
@@ -181,10 +187,13 @@ def find_scan_area(frames: np.ndarray) -> ScanArea:
     changes: the temporal max - min, averaged over blocks on a grid of at most ``WORK_SIDE`` pixels and
     median-filtered, is above ``LIVE_RANGE``; static overlays (text, rulers, logos, borders) do not
     change. A single image, or a clip whose live region is tiny (a frozen clip), falls back to intensity:
-    the median-filtered mean image above ``DARK``. The rough mask is then regularised: closing and hole
-    filling (dark lung, static marks inside), an opening with a disk of ~3% of the grid size (cuts thin
-    text or ruler strips attached to the edge), the largest connected component, its convex hull (fills
-    a sector's dark depths and shadowed sides) minus what the hull adds above a sector's top arc (a
+    pixels of the (block-averaged, median-filtered) mean image above ``DARK`` whose local 5x5 standard
+    deviation is above ``TEXTURE`` (speckle; a flat grey background is not a scan).
+
+    The rough mask is then regularised: closing and hole filling (dark lung, static marks inside), an
+    opening with a disk of ~3% of the grid size (cuts thin text or ruler strips attached to the edge),
+    the largest connected component, its convex hull (fills a sector's dark depths and shadowed sides)
+    plus the corners the opening rounded off, minus what the hull adds above a sector's top arc (a
     parabola fitted to the top edge). The probe follows from the shape (``detect_probe``). An empty
     result falls back to the full frame, probe ``"linear"``, with a warning.
 
@@ -197,6 +206,8 @@ def find_scan_area(frames: np.ndarray) -> ScanArea:
     frames = np.asarray(frames)
     if frames.ndim == 2:
         frames = frames[None]
+    if frames.ndim != 3 or not frames.size:
+        raise ValueError(f"expected (N, H, W) grey frames with N >= 1, got shape {frames.shape}")
     n, H, W = frames.shape
     sub = frames[np.unique(np.linspace(0, n - 1, min(n, MAX_FRAMES)).round().astype(int))]
     f = max(1, math.ceil(max(H, W) / WORK_SIDE))
@@ -204,8 +215,12 @@ def find_scan_area(frames: np.ndarray) -> ScanArea:
     if live:
         grid = ndimage.median_filter(_block_mean(sub.max(axis=0) - sub.min(axis=0), f), 3) > LIVE_RANGE
         live = grid.mean() >= MIN_FRACTION
-    if not live:
-        grid = ndimage.median_filter(_block_mean(sub.mean(axis=0, dtype=np.float32), f), 3) > DARK
+    if not live:  # one image: bright and textured (a flat grey background is not a scan)
+        image = sub.mean(axis=0, dtype=np.float32)
+        var = ndimage.uniform_filter(image * image, 5) - ndimage.uniform_filter(image, 5) ** 2
+        level = ndimage.median_filter(_block_mean(image, f), 3)
+        texture = ndimage.median_filter(_block_mean(np.sqrt(np.maximum(var, 0)), f), 3)
+        grid = (level > DARK) & (texture > TEXTURE)
     grid = _regularise(grid) if grid.mean() >= MIN_FRACTION else np.zeros_like(grid)
     if not grid.any():
         log.warning("no scan area found in %d frames of %dx%d; using the full frame", n, H, W)
@@ -261,8 +276,9 @@ def remove_overlays(frame: np.ndarray, rgb: np.ndarray | None = None, area: Scan
     out = np.where(mask, frame, 0).astype(np.uint8)
     bad = np.zeros(mask.shape, dtype=bool)
     if rgb is not None:
-        hi = rgb.max(axis=2)
-        chroma = hi - rgb.min(axis=2)  # uint8, never negative
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # (a reduction over a last axis of 3 is slow)
+        hi = np.maximum(np.maximum(r, g), b)
+        chroma = hi - np.minimum(np.minimum(r, g), b)  # uint8, never negative
         colour = chroma > CHROMA
         if colour.any():
             bad |= colour & (chroma > SATURATION * hi.astype(np.float32))
@@ -303,9 +319,7 @@ def fit_to_size(frame: np.ndarray, area: ScanArea, size: int) -> np.ndarray:
     return out
 
 
-def clean_clip(
-    frames: np.ndarray, size: int, rgb_frames: np.ndarray | None = None
-) -> tuple[np.ndarray, ScanArea]:
+def clean_clip(frames: np.ndarray, size: int, rgb_frames: np.ndarray | None = None) -> tuple[np.ndarray, ScanArea]:
     """Clean a clip: find its scan area once, then remove overlays and fit every frame to ``size``.
 
     Args:

@@ -100,14 +100,15 @@ def train_variants(
     """Train and evaluate the reverse-transfer variants on ``data`` with k-fold; cached per variant.
 
     Every variant uses ``ccfg`` (architecture, budget, seed) and differs only in its start: the
-    ``{init}-seed{seed}`` run of ``seg_runs`` for dense and sparse, random weights for scratch. Returns the
+    ``{init}-seed{seed}`` run of ``seg_runs`` for dense and sparse, random weights for scratch. Scratch has
+    nothing worth freezing, so its ``freeze_epochs`` train end to end (same number of epochs). Returns the
     run folder of each variant (``out/{init}-seed{seed}``, holding ``eval.json``).
     """
     runs = {}
     for init in inits:
         run = out / f"{init}-seed{ccfg.seed}"
         source = "scratch" if init == "scratch" else f"{init}:{seg_runs / f'{init}-seed{ccfg.seed}'}"
-        vcfg = replace(ccfg, init=source)
+        vcfg = replace(ccfg, init=source, freeze_epochs=0 if init == "scratch" else ccfg.freeze_epochs)
         if not _fresh(run, vcfg, folds):
             train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=True)
             evaluate_classification(run)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import json
 import os
 import warnings
@@ -99,7 +100,7 @@ def _fold_batchnorm(root: nn.Module) -> int:
     folded = 0
     for parent in list(root.modules()):
         names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in itertools.pairwise(names):
             conv, bn = parent._modules[a], parent._modules[b]
             if not (type(conv) in (nn.Conv2d, SkipConcatConv) and type(bn) is nn.BatchNorm2d):
                 continue
@@ -119,7 +120,11 @@ def _split_skip_convs(model: nn.Module, unet: UNet) -> int:
     convs = [m for m in model.modules() if type(m) is SkipConcatConv]
     if not convs:
         return 0
-    hooks = [m.register_forward_pre_hook(lambda m, args: skip_channels.setdefault(m, args[0].shape[1])) for m in convs]
+
+    def record(module: nn.Module, args: tuple) -> None:  # a pre-hook's return value would replace the arguments
+        skip_channels[module] = int(args[0].shape[1])
+
+    hooks = [m.register_forward_pre_hook(record) for m in convs]
     try:
         p = next(model.parameters())
         side = unet.size_multiple
@@ -131,7 +136,7 @@ def _split_skip_convs(model: nn.Module, unet: UNet) -> int:
     for parent in list(model.modules()):
         for name, child in parent._modules.items():
             if child in skip_channels:
-                parent._modules[name] = SplitSkipConv(child, int(skip_channels[child]))
+                parent._modules[name] = SplitSkipConv(child, skip_channels[child])
     return len(skip_channels)
 
 
@@ -194,9 +199,9 @@ class _Segmentation(nn.Module):
         return self.model(x).contiguous()
 
 
-def _softmax_symbolic(g, x, dim, dtype=None):  # noqa: ANN001 - a TorchScript exporter symbolic
+def _softmax_symbolic(g, x, dim, dtype=None):
     """``aten::softmax`` as ``exp(x - max) / sum`` (ONNX Runtime's Softmax on axis 1 is slow)."""
-    from torch.onnx._internal.torchscript_exporter import symbolic_helper
+    from torch.onnx import symbolic_helper  # the TorchScript exporter's helpers (public alias)
 
     dim = symbolic_helper._get_const(dim, "i", "dim")
     axes = g.op("Constant", value_t=torch.tensor([dim], dtype=torch.int64))
@@ -277,27 +282,37 @@ def export_onnx(
         path: output file (``.onnx``); its folder is created if missing.
         image_size: the frames' height and width (fixed in the graph; the batch axis is dynamic). A multiple
             of ``2**depth``.
-        opset: ONNX opset version.
+        opset: ONNX opset version (13 to 17 get the fast softmax; 17 is tested).
         verify: also run the file in ONNX Runtime on a random batch of 2 and raise ``RuntimeError`` if any
             output differs from PyTorch's (the original ``model`` in eval mode) by more than ``1e-4``.
         optimize: export :func:`prepare_for_inference`'s copy (BatchNorm folded, split skip convolutions);
-            ``False`` exports the modules as they are (ONNX Runtime folds BatchNorm too, but not all of it).
+            ``False`` exports the modules as they are.
 
     Returns:
-        The path written. Inputs: ``image`` ``(B, in_channels, image_size, image_size)`` float32. Outputs:
+        The path written. Input: ``image`` ``(B, in_channels, image_size, image_size)`` float32. Outputs:
         ``logits`` ``(B, K)`` and ``seg_logits`` ``(B, C, H, W)`` for a classifier (``logits`` only for the
-        ``bottleneck`` tap), ``seg_logits`` for a U-Net. The metadata (see :func:`model_metadata`) names them.
+        ``bottleneck`` tap), ``seg_logits`` for a U-Net; the metadata (:func:`model_metadata`) names them.
 
     Example:
         >>> export_onnx(model, "exports/model.onnx", image_size=256, verify=True)
     """
+    data = onnx_bytes(model, image_size=image_size, opset=opset, optimize=optimize)
+    if verify:
+        verify_onnx(model, data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, data)
+    return path
+
+
+def onnx_bytes(model: nn.Module, *, image_size: int = 256, opset: int = DEFAULT_OPSET, optimize: bool = True) -> bytes:
+    """The serialised, checked ONNX model :func:`export_onnx` writes (metadata included)."""
     import onnx
 
-    path = Path(path)
     unet = _unet_of(model)
     arch = _architecture(model)
     m = unet.size_multiple
-    if not isinstance(image_size, int) or image_size < m or image_size % m:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < m or image_size % m:
         raise ValueError(f"image_size should be a positive multiple of {m} (2**depth), got {image_size!r}")
     body = prepare_for_inference(model) if optimize else copy.deepcopy(model).eval()
     body = body.to("cpu", torch.float32)
@@ -326,26 +341,31 @@ def export_onnx(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     proto.doc_string = f"pleura {arch} ({', '.join(outputs)}); metadata_props describe the model"
-    meta = model_metadata(model, image_size, outputs, opset)
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    for key, value in model_metadata(model, image_size, outputs, opset).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    data = proto.SerializeToString()
-    if verify:
-        _verify(model, data, image_size, outputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, data)
-    return path
+    return proto.SerializeToString()
 
 
-def _verify(model: nn.Module, data: bytes, image_size: int, outputs: list[str]) -> None:
-    """Raise ``RuntimeError`` if ONNX Runtime's outputs on a random batch of 2 differ from PyTorch's by > 1e-4."""
+def verify_onnx(
+    model: nn.Module, data: bytes | str | os.PathLike, batch: int = 2, tolerance: float = VERIFY_TOLERANCE
+) -> float:
+    """Run an export of ``model`` in ONNX Runtime on a random batch and compare with PyTorch.
+
+    Returns:
+        The largest absolute difference over the outputs; ``RuntimeError`` if it exceeds ``tolerance``.
+    """
     import onnxruntime as ort
 
+    if not isinstance(data, bytes):
+        data = Path(data).read_bytes()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    image_size, outputs = int(meta["image_size"]), json.loads(meta["outputs"])
     unet = _unet_of(model)
-    x = torch.randn(2, unet.config.in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(batch, unet.config.in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     reference = copy.deepcopy(model).eval().to("cpu", torch.float32)
     with torch.inference_mode():
         if isinstance(model, ReverseTransferClassifier):
@@ -353,15 +373,17 @@ def _verify(model: nn.Module, data: bytes, image_size: int, outputs: list[str]) 
             expected = [logits] if seg is None else [logits, seg]
         else:
             expected = [reference(x)]
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(outputs, {INPUT_NAME: x.numpy()})
+    worst = 0.0
     for name, want, have in zip(outputs, expected, got, strict=True):
         want = want.float().numpy()
         if want.shape != have.shape:
             raise RuntimeError(f"ONNX output {name!r} has shape {have.shape}, PyTorch gives {want.shape}")
         diff = float(np.abs(want - have).max())
-        if not diff <= VERIFY_TOLERANCE:
+        if not diff <= tolerance:
             raise RuntimeError(
-                f"ONNX Runtime and PyTorch differ on {name!r} by {diff:.3g} (tolerance {VERIFY_TOLERANCE:g}); "
+                f"ONNX Runtime and PyTorch differ on {name!r} by {diff:.3g} (tolerance {tolerance:g}); "
                 f"the export is not faithful: report it with the model's config"
             )
+        worst = max(worst, diff)
+    return worst

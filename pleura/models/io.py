@@ -3,13 +3,15 @@
 ``model.safetensors`` holds the state dict (no pickle, so loading runs no code); ``model.json`` holds::
 
     {"format": "pleura-model", "format_version": 1, "pleura_version": "0.1.0",
-     "architecture": "unet", "config": {...UNetConfig fields...}, "metadata": {...caller's...}}
+     "architecture": "unet", "config": {...UNetConfig fields...}, "sha256": "<of the weights file>",
+     "metadata": {...caller's...}}
 
 Both files are written atomically (a temporary file in the same folder, then ``os.replace``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import fields
@@ -61,12 +63,18 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
     if not names:
         valid = ", ".join(f"{name} ({cls.__name__})" for name, (cls, _) in _registry().items())
         raise TypeError(f"save_model cannot save a {type(model).__name__}; registered architectures: {valid}")
+    # safetensors wants dense, contiguous CPU tensors; channels-last weights are stored in the standard layout.
+    tensors = {k: v.detach().to("cpu", copy=False).contiguous() for k, v in model.state_dict().items()}
+    from safetensors.torch import save
+
+    blob = save(tensors, metadata={"format": "pt", "pleura_format": FORMAT})
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "pleura_version": __version__,
         "architecture": names[0],
         "config": model.config.to_dict(),
+        "sha256": hashlib.sha256(blob).hexdigest(),  # of the weights file: a changed or swapped file is refused
         "metadata": metadata or {},
     }
     try:
@@ -75,12 +83,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
         raise ValueError(
             f"save_model: metadata should be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
-    # safetensors wants dense, contiguous CPU tensors; channels-last weights are stored in the standard layout.
-    tensors = {k: v.detach().to("cpu", copy=False).contiguous() for k, v in model.state_dict().items()}
-    from safetensors.torch import save
-
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(weights_path, save(tensors, metadata={"format": "pt", "pleura_format": FORMAT}))
+    write_bytes(weights_path, blob)
     write_bytes(json_path, text.encode())
     return weights_path
 
@@ -163,6 +167,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     except (TypeError, ValueError) as err:
         raise ValueError(f"{json_path}: invalid config: {err}") from None
     model = model_cls(config)
+    digest = record.get("sha256")
+    if digest is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != digest:
+        raise ValueError(
+            f"{weights_path}: weights do not match the checksum in {json_path.name} (the file was changed or "
+            "swapped after saving); refusing to load it"
+        )
     try:
         state = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError, ValueError) as err:

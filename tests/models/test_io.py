@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -72,9 +73,21 @@ def test_sidecar_json_content(saved):
         "pleura_version": __version__,
         "architecture": "unet",
         "config": model.config.to_dict(),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "metadata": {"epoch": 3, "val_dice": 0.5},
     }
     assert record["config"]["schema"] == "dense"
+
+
+def test_tampered_weights_are_refused(saved, tmp_path):
+    model, _ = saved
+    other = tmp_path / "model.safetensors"
+    save_model(model, other)
+    blob = bytearray(other.read_bytes())
+    blob[-1] ^= 0x01  # one flipped bit in the last weight
+    other.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="checksum"):
+        load_model(other)
 
 
 def test_weights_file_is_safetensors(saved):
@@ -155,6 +168,11 @@ def test_json_that_is_not_json(saved):
 
 def test_corrupt_weights_are_named(saved):
     saved[1].write_bytes(b"\x00" * 4)
+    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match the checksum"):
+        load_model(saved[1])
+    record = json.loads(saved[1].with_suffix(".json").read_text())
+    del record["sha256"]  # files without a checksum are still read, and a corrupt one is named
+    saved[1].with_suffix(".json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
         load_model(saved[1])
 
