@@ -378,6 +378,118 @@ def reproduce(
     typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
 
 
+export_app = typer.Typer(no_args_is_help=True, help="Export trained models: one predictor file, or ONNX.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("model")
+def export_model_cmd(
+    run: Path = typer.Argument(..., help="A train-cls run: one fold folder, or a k-fold run (its best fold)."),
+    out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors; its .json is written beside)."),
+) -> None:
+    """Bundle a trained classifier with its temperature calibration and OOD statistics into one model file."""
+    from pleura.infer.bundle import export_bundle
+
+    try:
+        path, meta = export_bundle(run, out)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    t = meta["temperature"]
+    typer.echo(f"wrote {path} (+ {path.with_suffix('.json').name}) from {meta['source_run']}; temperature {t:.3f}")
+
+
+@export_app.command("onnx")
+def export_onnx_cmd(
+    model: Path = typer.Option(..., "--model", help="A model file (.safetensors) to export."),
+    out: Path = typer.Option(..., "--out", help="ONNX file to write."),
+    size: int = typer.Option(0, "--size", help="Frame size; 0 = the size the model file records (else 256)."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch (max diff 1e-4)."),
+) -> None:
+    """Export a model to ONNX with a dynamic batch axis, checked against PyTorch in ONNX Runtime."""
+    from pleura.infer import export_onnx
+    from pleura.models import load_model
+
+    try:
+        net, meta = load_model(model)
+        side = size or int((meta.get("image_size") or [256])[0])
+        export_onnx(net, out, image_size=side, verify=check)
+    except (ValueError, OSError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(
+        f"wrote {out} ({side}x{side}, dynamic batch" + (", outputs match PyTorch within 1e-4)" if check else ")")
+    )
+
+
+MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".mp4", ".avi", ".mov", ".mpeg", ".mpg",
+                  ".mkv", ".webm", ".dcm", ".dicom", ""}  # fmt: skip
+
+
+def _inputs(paths: list[Path]) -> list[Path]:
+    """Files named, and the media files inside folders named (recursively, sorted); errors for what is missing."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in MEDIA_SUFFIXES)  # fmt: skip
+            if not found:
+                fail(f"{p}: folder holds no image, clip or DICOM file")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            fail(f"{p}: no such file or folder")
+    return files
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
+    model: Path = typer.Option(..., "--model", help="Model file (pleura export model), or a train-cls run."),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
+    engine: str = typer.Option("torch", "--engine", help="torch or onnx (ONNX Runtime)."),
+    rate: float = typer.Option(0.0, "--rate", help="Frames per second read from clips; 0 = every frame."),
+    max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all."),
+    video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
+) -> None:
+    """Diagnose images and clips: calibrated probabilities, biomarkers, OOD flags, overlays (JSON, CSV, PNG, MP4)."""
+    import tempfile
+
+    from pleura.data.readers import ReadError
+    from pleura.infer.predictor import Predictor
+    from pleura.infer.report import PredictionWriter
+
+    files = _inputs(inputs)
+    try:
+        if model.is_dir():  # a run: bundle it on the fly (calibration and OOD statistics included)
+            from pleura.infer.bundle import export_bundle
+
+            model, _ = export_bundle(model, Path(tempfile.mkdtemp(prefix="pleura-model-")) / "model.safetensors")
+        predictor = Predictor(model, engine=engine, rate=rate or None, max_frames=max_frames or None)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    writer = PredictionWriter(out, predictor, video=video)
+    failed: list[tuple[Path, str]] = []
+    with progress_bar() as bar:
+        task = bar.add_task("predict", total=len(files), rate="")
+        for f in files:
+            try:
+                result = writer.predict(f)
+                bar.console.print(
+                    f"{f}: {result.diagnosis} ({result.probabilities[result.diagnosis]:.2f}), "
+                    f"{len(result.frames)} frames, {result.ood_frames} out of distribution",
+                    highlight=False,
+                )
+            except (ReadError, ValueError) as e:
+                failed.append((f, str(e)))
+                err.print(f"[yellow]failed[/] {e}", highlight=False, soft_wrap=True)
+            bar.advance(task)
+    writer.close()
+    typer.echo(f"predicted {len(files) - len(failed)} of {len(files)} files into {out}")
+    if failed:
+        err.print(f"[bold red]error:[/] {len(failed)} file(s) failed: " + ", ".join(str(f) for f, _ in failed))
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point of the ``pleura`` script."""
     try:

@@ -64,8 +64,8 @@ class TorchEngine(Engine):
             Ignored on CPU, where float32 is both the fastest and the exact choice.
         optimize: ``False`` runs an eval-mode copy of the model as it is (for comparisons).
 
-    Runs in ``torch.inference_mode``. The U-Net already keeps its narrow levels channels-last on CPU
-    (measured faster there); on CUDA the whole model is made channels-last for the tensor cores.
+    Runs in ``torch.inference_mode``, every level channels-last (faster forward-only on CPU's oneDNN and on
+    CUDA's tensor cores).
     """
 
     def __init__(
@@ -83,7 +83,6 @@ class TorchEngine(Engine):
         self.size_multiple = unet.size_multiple
         self.amp: torch.dtype | None = None
         if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
             self.amp = amp or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
     def __call__(self, x: np.ndarray) -> Outputs:

@@ -83,8 +83,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _memory_format(channels: int) -> torch.memory_format:
-    return torch.channels_last if channels <= CHANNELS_LAST_MAX_WIDTH else torch.contiguous_format
+def _memory_format(channels: int, max_width: int = CHANNELS_LAST_MAX_WIDTH) -> torch.memory_format:
+    return torch.channels_last if channels <= max_width else torch.contiguous_format
 
 
 class SkipConcatConv(nn.Conv2d):
@@ -193,6 +193,21 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    def set_channels_last(self, max_width: int) -> None:
+        """Lay levels with at most ``max_width`` channels out channels-last (NHWC), the others NCHW; same map.
+
+        The constructor's ``CHANNELS_LAST_MAX_WIDTH`` suits training on CPU. Forward-only, oneDNN's NHWC
+        convolutions are faster at every width here, so ``pleura.infer`` makes every level channels-last.
+        """
+        c = self.config
+        self._formats = [_memory_format(c.width * 2**i, max_width) for i in range(c.depth + 1)]
+        for i, fmt in enumerate(self._formats):
+            level = [self.stem if i == 0 else self.down[i - 1]]
+            level += [self.up[c.depth - 1 - i]] if i < c.depth else []
+            level += [self.head] if i == 0 else []
+            for module in level:
+                module.to(memory_format=fmt)
 
     @property
     def size_multiple(self) -> int:

@@ -1,0 +1,121 @@
+"""Explanations a clinician can look at: the segmentation overlay and a class-activation map.
+
+The class-activation map is Grad-CAM (Selvaraju et al., ICCV 2017) on the classifier head's last block:
+the block's feature maps weighted by the mean gradient of the class logit, rectified, upsampled to the
+frame. It shows where the head looked; the segmentation shows what it saw there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from pleura.evaluate.figures import overlay
+from pleura.labels import get_schema
+from pleura.models import ReverseTransferClassifier
+
+
+def class_activation_map(model: ReverseTransferClassifier, image: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM of ``class_index`` for one cleaned (H, W) uint8 frame, as (H, W) float in [0, 1]."""
+    blocks = model.head.blocks
+    if len(blocks) == 0:  # a head without conv blocks: the tap itself is the last feature map
+        raise ValueError("this classifier's head has no conv blocks; Grad-CAM needs one")
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: torch.nn.Module, _i: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        store["a"] = out
+
+    handle = blocks[-1].register_forward_hook(hook)
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        with torch.enable_grad():
+            logits = model(x)
+            logits[0, class_index].backward()
+        a, g = store["a"], store["a"].grad
+        cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    peak = cam.max()
+    return cam / peak if peak > 0 else cam
+
+
+def heat(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A red-yellow heat map of ``cam`` over the grey frame, (H, W, 3) uint8."""
+    grey = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
+    colour = np.stack([np.clip(2 * cam, 0, 1), np.clip(2 * cam - 1, 0, 1), np.zeros_like(cam)], axis=2) * 255
+    w = alpha * cam[..., None]
+    return np.clip((1 - w) * grey + w * colour, 0, 255).astype(np.uint8)
+
+
+def annotated_panel(
+    image: np.ndarray, labels: np.ndarray, schema: str, title: str, cam: np.ndarray | None = None
+) -> np.ndarray:
+    """Frame | segmentation overlay | class-activation map (when given), with a title bar; (H+18, nW, 3)."""
+    panels = [np.repeat(image[..., None], 3, axis=2), overlay(image, labels, get_schema(schema))]
+    if cam is not None:
+        panels.append(heat(image, cam))
+    row = np.concatenate(panels, axis=1)
+    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + 18))
+    canvas.paste(Image.fromarray(row), (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB array as PNG atomically."""
+    import io
+
+    from pleura.atomic import write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return write_bytes(path, buf.getvalue())
+
+
+class AnnotatedVideo:
+    """Streams annotated RGB frames into an MP4 (H.264 when available, else MPEG-4), under a temporary name
+    that becomes ``path`` on ``close()``, so an interrupted run never leaves a half-written clip."""
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        import av
+
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial.mp4")
+        self.fps = max(1, round(fps))
+        self.box = av.open(str(self.tmp), "w")
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.stream = self.box.add_stream(codec, rate=self.fps)
+        self.stream.pix_fmt = "yuv420p"
+        self.started = False
+
+    def add(self, rgb: np.ndarray) -> None:
+        import av
+
+        h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2  # yuv420p needs even sides
+        if not self.started:
+            self.stream.width, self.stream.height = w, h
+            self.started = True
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.box.mux(packet)
+
+    def close(self) -> Path:
+        for packet in self.stream.encode():
+            self.box.mux(packet)
+        self.box.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.box.close()
+        self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,181 @@
+"""``pleura.Predictor``: diagnosis, evidence and flags for an image, a clip or a DICOM file.
+
+A file is streamed (``pleura.data.readers``): the scan area is found on the first frames, every frame is
+cleaned with it and resized as the model was trained, frames go through the engine in batches, and each
+gets calibrated class probabilities, its segmentation's biomarkers and an out-of-distribution flag. The
+clip's diagnosis is the mean of its in-distribution frames' probabilities (all frames if none is).
+
+Example:
+    >>> predictor = Predictor("model.safetensors")  # a file written by ``pleura export model``
+    >>> result = predictor.predict("clip.mp4")
+    >>> result.diagnosis, result.probabilities
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_overlays
+from pleura.data.readers import Frame, ReadError, iter_frames
+from pleura.evaluate.biomarkers import frame_biomarkers
+from pleura.evaluate.calibration import scale_probabilities
+from pleura.infer.engine import make_engine
+from pleura.infer.ood import OODDetector
+
+AREA_FRAMES = 32  # frames read ahead to find a clip's scan area
+
+
+@dataclass
+class FrameResult:
+    """One frame's prediction."""
+
+    index: int  # position of the frame in the file
+    time_s: float
+    probabilities: dict[str, float]  # calibrated, sum to 1
+    diagnosis: str
+    biomarkers: dict[str, Any]  # from the frame's segmentation (``pleura.evaluate.biomarkers``)
+    ood: bool  # not like the training frames (or no scan area): do not trust this frame
+    ood_score: float  # Mahalanobis distance of its image statistics; the flag is distance > threshold
+
+
+@dataclass
+class ClipResult:
+    """A file's prediction: its frames and their aggregate."""
+
+    path: str
+    probabilities: dict[str, float]  # mean of the in-distribution frames' (all frames' if none is)
+    diagnosis: str
+    biomarkers: dict[str, Any]  # max of counts and score, mean of fractions, any of flags over frames
+    frames: list[FrameResult] = field(default_factory=list)
+    ood_frames: int = 0
+    probe: str = ""  # probe type detected from the scan area's shape
+
+    def to_dict(self, frames: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        if not frames:
+            d.pop("frames")
+        return d
+
+
+def aggregate_biomarkers(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Clip biomarkers from frame ones: a zone is scored by its worst view (max of counts and score), flags
+    are raised if any frame raises them, fractions are averaged over frames that have them."""
+    out: dict[str, Any] = {}
+    for key in items[0] if items else ():
+        values = [v[key] for v in items if v[key] is not None]
+        if not values:
+            out[key] = None
+        elif isinstance(values[0], bool):
+            out[key] = any(values)
+        elif isinstance(values[0], int):
+            out[key] = int(max(values))
+        else:
+            finite = [float(v) for v in values if np.isfinite(v)]
+            out[key] = float(np.mean(finite)) if finite else float("nan")
+    return out
+
+
+FrameHook = Callable[[FrameResult, np.ndarray, np.ndarray], None]
+
+
+class Predictor:
+    """Predicts files with a model exported by ``pleura export model`` (or any saved classifier).
+
+    Args:
+        model: the ``.safetensors`` model file (its ``.json`` beside it).
+        engine: ``torch`` or ``onnx`` (ONNX Runtime, exported in memory).
+        batch_size: frames per engine call.
+        rate: frames per second read from clips; ``None`` reads every frame.
+        max_frames: stop after this many frames of a file.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        engine: str = "torch",
+        batch_size: int = 8,
+        rate: float | None = None,
+        max_frames: int | None = None,
+    ) -> None:
+        from pleura.models import ReverseTransferClassifier, load_model
+
+        self.path = Path(model)
+        self.model, self.meta = load_model(self.path)
+        if not isinstance(self.model, ReverseTransferClassifier):
+            raise ValueError(f"{self.path}: a {type(self.model).__name__}, not a classifier; export a train-cls run")
+        self.size = int((self.meta.get("image_size") or [256])[0])
+        self.class_names = tuple(self.model.config.class_names)
+        self.schema = self.model.unet.config.schema or "dense"
+        self.temperature = float(self.meta.get("temperature", 1.0))
+        self.ood = OODDetector.from_dict(self.meta["ood"]) if "ood" in self.meta else None
+        self.engine = make_engine(self.model, engine, image_size=self.size)
+        self.batch_size, self.rate, self.max_frames = batch_size, rate, max_frames
+
+    def _clean(self, frames: Iterator[Frame]) -> Iterator[tuple[Frame, np.ndarray, ScanArea]]:
+        """Cleaned model-size frames, the scan area found once on the first ``AREA_FRAMES`` frames."""
+        head = list(itertools.islice(frames, AREA_FRAMES))
+        if not head:
+            return
+        area = find_scan_area(np.stack([f.image for f in head]))
+        for f in itertools.chain(head, frames):
+            yield f, fit_to_size(remove_overlays(f.image, area=area), area, self.size), area
+
+    def predict_frames(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities (N, K) and segmentation label maps (N, S, S) of cleaned frames (N, S, S)."""
+        x = images.astype(np.float32)[:, None] / 255.0
+        logits, seg = self.engine(x)
+        prob = scale_probabilities(np.exp(logits - logits.max(axis=1, keepdims=True)), self.temperature)
+        if seg is None:  # the bottleneck tap skips the decoder; the explanation needs it
+            import torch
+
+            with torch.inference_mode():
+                seg = self.model.unet(torch.from_numpy(x)).numpy()
+        return prob, seg.argmax(axis=1).astype(np.uint8)
+
+    def predict(self, path: str | Path, on_frame: FrameHook | None = None) -> ClipResult:
+        """Predict one file; ``on_frame(result, cleaned image, label map)`` is called for every frame
+        (overlays, video writing) while it streams.
+
+        Raises:
+            ReadError: the file cannot be read (one line naming it).
+        """
+        path = Path(path)
+        results: list[FrameResult] = []
+        probe = ""
+        stream = self._clean(iter_frames(path, fps=self.rate, max_frames=self.max_frames))
+        while batch := list(itertools.islice(stream, self.batch_size)):
+            probe = batch[0][2].probe
+            images = np.stack([b[1] for b in batch])
+            prob, labels = self.predict_frames(images)
+            for (frame, image, _), p, lab in zip(batch, prob, labels, strict=True):
+                flag, score = self.ood.flag(image) if self.ood is not None else (False, 0.0)
+                k = int(np.argmax(p))
+                results.append(
+                    FrameResult(
+                        index=frame.index, time_s=round(frame.time_s, 3),
+                        probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
+                        diagnosis=self.class_names[k], biomarkers=frame_biomarkers(lab, self.schema).to_dict(),
+                        ood=bool(flag), ood_score=float(score),
+                    )
+                )  # fmt: skip
+                if on_frame is not None:
+                    on_frame(results[-1], image, lab)
+        if not results:
+            raise ReadError(f"{path}: no frames to predict")
+        good = [r for r in results if not r.ood] or results
+        mean = np.mean([[r.probabilities[c] for c in self.class_names] for r in good], axis=0)
+        return ClipResult(
+            path=str(path),
+            probabilities={c: float(v) for c, v in zip(self.class_names, mean, strict=True)},
+            diagnosis=self.class_names[int(np.argmax(mean))],
+            biomarkers=aggregate_biomarkers([r.biomarkers for r in good]),
+            frames=results,
+            ood_frames=sum(r.ood for r in results),
+            probe={"convex": "curvilinear"}.get(probe, probe),
+        )

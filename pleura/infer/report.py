@@ -1,0 +1,110 @@
+"""What ``pleura predict`` writes: per-file figures and clips, and the tables of every file and frame.
+
+For each input: ``<name>.png`` (the most confident in-distribution frame: the frame, its segmentation and
+its class-activation map, with the diagnosis) and, for a clip, ``<name>.mp4`` (every predicted frame with
+its segmentation overlaid). For the batch: ``predictions.json`` (every file with its frames), ``clips.csv``
+and ``frames.csv``. Every file is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pleura.atomic import finite, write_text
+from pleura.infer.explain import AnnotatedVideo, annotated_panel, class_activation_map, save_png
+from pleura.infer.predictor import ClipResult, FrameResult, Predictor
+
+
+def _title(result: FrameResult | ClipResult) -> str:
+    p = result.probabilities
+    return f"{result.diagnosis} " + " ".join(f"{k} {v:.2f}" for k, v in p.items())
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+class PredictionWriter:
+    """Predicts files one by one into ``out``; ``close()`` writes the tables."""
+
+    def __init__(self, out: str | Path, predictor: Predictor, video: bool = True) -> None:
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.predictor, self.video = predictor, video
+        self.results: list[ClipResult] = []
+        self.names: set[str] = set()
+
+    def _name(self, path: Path) -> str:
+        name, k = path.stem or path.name, 1
+        while name in self.names:
+            k += 1
+            name = f"{path.stem}-{k}"
+        self.names.add(name)
+        return name
+
+    def predict(self, path: str | Path) -> ClipResult:
+        """Predict ``path`` and write its figure (and annotated clip); raises ``ReadError`` for a bad file."""
+        path = Path(path)
+        name = self._name(path)
+        best: dict[str, Any] = {}
+        movie: AnnotatedVideo | None = None
+        schema = self.predictor.schema
+
+        def on_frame(r: FrameResult, image: np.ndarray, labels: np.ndarray) -> None:
+            nonlocal movie
+            conf = r.probabilities[r.diagnosis] - (1.0 if r.ood else 0.0)
+            if not best or conf > best["conf"]:
+                best.update(conf=conf, result=r, image=image.copy(), labels=labels.copy())
+            if self.video and r.index > 0 and movie is None and "first" in best:  # a clip: start the video
+                movie = AnnotatedVideo(self.out / f"{name}.mp4", fps=self._fps(best["first"][0], r))
+                movie.add(annotated_panel(best["first"][1], best["first"][2], schema, _title(best["first"][0])))
+            if movie is not None:
+                movie.add(annotated_panel(image, labels, schema, _title(r) + (" OOD" if r.ood else "")))
+            best.setdefault("first", (r, image.copy(), labels.copy()))
+
+        try:
+            result = self.predictor.predict(path, on_frame=on_frame)
+        except BaseException:
+            if movie is not None:
+                movie.abort()
+            raise
+        if movie is not None:
+            movie.close()
+        k = self.predictor.class_names.index(best["result"].diagnosis)
+        cam = class_activation_map(self.predictor.model, best["image"], k)
+        save_png(annotated_panel(best["image"], best["labels"], schema, _title(result), cam), self.out / f"{name}.png")
+        self.results.append(result)
+        return result
+
+    @staticmethod
+    def _fps(first: FrameResult, second: FrameResult) -> float:
+        dt = second.time_s - first.time_s
+        return 1.0 / dt if dt > 0 else 10.0
+
+    def close(self) -> None:
+        """Write ``predictions.json``, ``clips.csv`` and ``frames.csv``."""
+        names = self.predictor.class_names
+        clips, frames = [], []
+        for r in self.results:
+            clips.append({"file": r.path, "diagnosis": r.diagnosis, **{f"p_{c}": r.probabilities[c] for c in names},
+                          "frames": len(r.frames), "ood_frames": r.ood_frames, "probe": r.probe, **r.biomarkers})  # fmt: skip
+            for f in r.frames:
+                frames.append({"file": r.path, "frame": f.index, "time_s": f.time_s, "diagnosis": f.diagnosis,
+                               **{f"p_{c}": f.probabilities[c] for c in names}, "ood": f.ood,
+                               "ood_score": round(f.ood_score, 4), **f.biomarkers})  # fmt: skip
+        meta = {"model": str(self.predictor.path), "temperature": self.predictor.temperature, "class_names": names}
+        doc = {**meta, "files": [r.to_dict() for r in self.results]}
+        write_text(self.out / "predictions.json", json.dumps(finite(doc), indent=2) + "\n")
+        write_text(self.out / "clips.csv", _csv(clips))
+        write_text(self.out / "frames.csv", _csv(frames))
