@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pleura.data import read_manifest
+from pleura.data.cleaning import clean_clip
 from pleura.evaluate.calibration import expected_calibration_error, fit_temperature, scale_probabilities
 from pleura.infer.ood import OODDetector
 from pleura.models import save_model
@@ -75,6 +76,8 @@ def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed:
     train_rows = [r for r in read_manifest(data) if r["id"] not in held_out]
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(train_rows), size=min(ood_frames, len(train_rows)), replace=False)
-    frames = (np.asarray(Image.open(data / train_rows[i]["image"]).convert("L")) for i in pick)
+    side = int(config["image_size"][0])
+    # the detector sees frames as the predictor makes them: cleaned (scan area found, fitted to the model size)
+    frames = (clean_clip(np.asarray(Image.open(data / train_rows[i]["image"]).convert("L")), side)[0][0] for i in pick)
     meta["ood"] = OODDetector.fit(frames).to_dict()
     return save_model(model, out, metadata=meta), meta

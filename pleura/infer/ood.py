@@ -27,29 +27,47 @@ class OODDetector:
     threshold: float  # distance above which a frame is flagged
     features: tuple[str, ...] = FEATURES
 
+    @staticmethod
+    def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, scale and precision of standardised statistics; the covariance is shrunk towards the
+        identity, more when there are few frames per statistic (a plain inverse would overfit)."""
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        z = (x - mean) / scale
+        shrink = float(np.clip(x.shape[1] / len(x), 0.1, 0.9))
+        cov = (1 - shrink) * np.cov(z, rowvar=False) + shrink * np.eye(z.shape[1])
+        return mean, scale, np.linalg.inv(cov)
+
+    @staticmethod
+    def _distance(x: np.ndarray, mean: np.ndarray, scale: np.ndarray, precision: np.ndarray) -> np.ndarray:
+        z = (x - mean) / scale
+        return np.sqrt(np.einsum("ij,jk,ik->i", z, precision, z))
+
     @classmethod
-    def fit(
-        cls, frames: Iterable[np.ndarray], quantile: float = 0.995, margin: float = 1.5, shrink: float = 0.1
-    ) -> OODDetector:
-        """Fit on training frames ((H, W) uint8, as the model sees them); needs at least 10 with a scan area."""
+    def fit(cls, frames: Iterable[np.ndarray], quantile: float = 0.99, margin: float = 1.5) -> OODDetector:
+        """Fit on training frames ((H, W) uint8, as the model sees them); needs at least 10 with a scan area.
+
+        The threshold is set on held-out distances (each half of the frames scored against the other half),
+        since distances of the frames the statistics were fitted on are biased low.
+        """
         x = np.stack([frame_statistics(f) for f in frames]).astype(np.float64)
         x = x[np.isfinite(x).all(axis=1)]
         if len(x) < 10:
             raise ValueError(f"the OOD detector needs at least 10 frames with a scan area, got {len(x)}")
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        z = (x - mean) / scale
-        cov = (1 - shrink) * np.cov(z, rowvar=False) + shrink * np.eye(z.shape[1])
-        precision = np.linalg.inv(cov)
-        d = np.sqrt(np.einsum("ij,jk,ik->i", z, precision, z))
-        return cls(mean.tolist(), precision.tolist(), scale.tolist(), float(np.quantile(d, quantile) * margin))
+        order = np.random.default_rng(0).permutation(len(x))
+        a, b = x[order[: len(x) // 2]], x[order[len(x) // 2 :]]
+        held_out = np.concatenate([cls._distance(b, *cls._moments(a)), cls._distance(a, *cls._moments(b))])
+        mean, scale, precision = cls._moments(x)
+        threshold = float(np.quantile(held_out, quantile) * margin)
+        return cls(mean.tolist(), precision.tolist(), scale.tolist(), threshold)
 
     def score(self, frame: np.ndarray) -> float:
         """Distance of one frame from the training frames; ``inf`` for a frame without a scan area."""
         s = frame_statistics(frame).astype(np.float64)
         if not np.isfinite(s).all():
             return float("inf")
-        z = (s - np.asarray(self.mean)) / np.asarray(self.scale)
-        return float(np.sqrt(z @ np.asarray(self.precision) @ z))
+        return float(
+            self._distance(s[None], np.asarray(self.mean), np.asarray(self.scale), np.asarray(self.precision))[0]
+        )
 
     def flag(self, frame: np.ndarray) -> tuple[bool, float]:
         """``(is out of distribution, distance)``."""
