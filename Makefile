@@ -4,7 +4,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pleura-installed
 DEMO  ?= demo
 
-.PHONY: setup demo gallery test lint bench clean
+.PHONY: setup demo gallery test lint bench pocus clean
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -32,6 +32,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_train_seg.py
 	$(BIN)/python benchmarks/bench_reproduce.py
+	$(BIN)/python benchmarks/bench_infer.py --widths 4 8 16
+	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_import.py
+
+## The real-data study on ../shared/data/pocus (about an hour on the 2-core CPU).
+pocus: $(STAMP)
+	$(BIN)/pleura experiment pocus --out runs/pocus
 
 clean:
 	rm -rf $(DEMO) gallery .pytest_cache .ruff_cache

@@ -446,8 +446,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
     model: Path = typer.Option(..., "--model", help="Model file (pleura export model), or a train-cls run."),
     out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
-    engine: str = typer.Option("torch", "--engine", help="torch or onnx (ONNX Runtime)."),
-    rate: float = typer.Option(0.0, "--rate", help="Frames per second read from clips; 0 = every frame."),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster) or torch."),
+    rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame."),
     max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
 ) -> None:

@@ -240,12 +240,13 @@ def frame_biomarkers(
     # B-lines: long components along the scan lines; wide ones are confluent. A width is the share of
     # the pleural line's scan lines that the upper half of the component (nearest the pleura) covers.
     n_pleura = int(pleura_lines.sum()) if pleura_lines.any() else n_lines
-    labels, _ = ndimage.label(_close_vertical(b, round(gap_fraction * h)), structure=_EIGHT)
+    labels, n_comp = ndimage.label(_close_vertical(b, round(gap_fraction * h)), structure=_EIGHT)
     b_count, confluent, confluent_lines = 0, False, np.zeros(max(n_lines, 1), dtype=bool)
+    sizes = np.bincount(labels[b & inside], minlength=n_comp + 1)  # small components skipped without a loop
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        comp = (labels[sl] == i) & b[sl] & inside[sl]
-        if comp.sum() < min_area:
+        if sl is None or sizes[i] < min_area:
             continue
+        comp = (labels[sl] == i) & b[sl] & inside[sl]
         d = depth[sl][comp]
         if d.max() - d.min() + 1 < min_extent_fraction * available:
             continue  # a short comet tail, not a B-line
@@ -262,12 +263,13 @@ def frame_biomarkers(
         confluent_share = float(confluent_lines.sum() / max(n_pleura, 1))
 
     # A-lines: components grouped into depth levels below the pleural line (A-line spacing apart).
-    labels, _ = ndimage.label(a & inside, structure=_EIGHT)
+    labels, n_comp = ndimage.label(a & inside, structure=_EIGHT)
     levels = []
+    sizes = np.bincount(labels.ravel(), minlength=n_comp + 1)
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[sl] == i
-        if comp.sum() < max(1, min_area // 4):
+        if sl is None or sizes[i] < max(1, min_area // 4):
             continue
+        comp = labels[sl] == i
         d, ln = depth[sl][comp], lines[sl][comp]
         levels.append(float(np.median(d - pl_filled[ln])) if pleura_lines.any() else float(np.median(d)))
     tol = max(0.5 * spacing, 2.0)

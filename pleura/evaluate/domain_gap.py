@@ -89,8 +89,9 @@ def domain_gap(
 ) -> dict[str, Any]:
     """ROC AUC of a logistic regression separating real from simulated frames, cross-validated by clip.
 
-    Returns ``auc`` (mean over folds), ``auc_std``, the frame counts, and ``top``: the five statistics whose
-    real and simulated means differ most (in pooled standard deviations), with both means.
+    Returns ``auc`` (mean over folds), ``auc_std``, ``mean_d`` (the mean over statistics of the standardised
+    difference of means), the frame counts, and ``top``: the five statistics whose real and simulated means
+    differ most (in pooled standard deviations), with both means.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold
@@ -115,6 +116,7 @@ def domain_gap(
     order = np.argsort(-np.nan_to_num(d))[:5]
     return {
         "auc": float(np.mean(aucs)),
+        "mean_d": float(np.nanmean(d)),
         "auc_std": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else 0.0,
         "folds": len(aucs),
         "real_frames": len(xr),

@@ -96,6 +96,8 @@ class AnnotatedVideo:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         self.stream = self.box.add_stream(codec, rate=self.fps)
         self.stream.pix_fmt = "yuv420p"
+        if codec == "libx264":  # encoding must keep up with prediction: fastest preset, good enough quality
+            self.stream.options = {"preset": "ultrafast", "crf": "23"}
         self.started = False
 
     def add(self, rgb: np.ndarray) -> None:

@@ -97,8 +97,9 @@ class PredictionWriter:
         names = self.predictor.class_names
         clips, frames = [], []
         for r in self.results:
-            clips.append({"file": r.path, "diagnosis": r.diagnosis, **{f"p_{c}": r.probabilities[c] for c in names},
-                          "frames": len(r.frames), "ood_frames": r.ood_frames, "probe": r.probe, **r.biomarkers})  # fmt: skip
+            probs = {f"p_{c}": r.probabilities[c] for c in names}
+            clips.append({"file": r.path, "diagnosis": r.diagnosis, **probs, "frames": len(r.frames),
+                          "ood_frames": r.ood_frames, "probe": r.probe, **r.biomarkers})  # fmt: skip
             for f in r.frames:
                 frames.append({"file": r.path, "frame": f.index, "time_s": f.time_s, "diagnosis": f.diagnosis,
                                **{f"p_{c}": f.probabilities[c] for c in names}, "ood": f.ood,

@@ -21,7 +21,9 @@ def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path) -> None:
     assert set(results["classification"]) == {"dense", "sparse", "scratch"}
     for row in results["classification"].values():
         assert 0.0 <= row["clip_balanced_accuracy"]["mean"] <= 1.0
-    assert 0.0 <= results["domain_gap"]["auc"] <= 1.0 and len(results["domain_gap"]["top"]) == 5
+    assert set(results["domain_gap"]) == {"pocus", "physics"}  # the gap with and without the POCUS style
+    for gap in results["domain_gap"].values():
+        assert 0.0 <= gap["auc"] <= 1.0 and len(gap["top"]) == 5 and gap["mean_d"] >= 0
     flags = results["flags"]["dense"]["b_lines"]
     assert flags["clips_flagged"] == 3 and flags["clips_unflagged"] == 6  # covid clips are flagged; images unknown
     assert sum(s["clips"] for s in results["by_source"]["dense"].values()) == 12  # 9 clips + 3 images
