@@ -118,6 +118,8 @@ def _scan_lines(inside: np.ndarray, pleura: np.ndarray) -> tuple[np.ndarray, np.
     right = w - 0.5 - np.argmax(inside[:, ::-1], axis=1)
     lo, hi = scan_rows[0], scan_rows[-1]
     fit = scan_rows[(scan_rows >= lo + 0.25 * (hi - lo)) & (scan_rows <= lo + 0.6 * (hi - lo))]
+    if fit.size < 2:  # a predicted scan area in pieces: no side edges to fit
+        return lines, depth
     (bl, al), (br, ar) = np.polyfit(fit, left[fit], 1), np.polyfit(fit, right[fit], 1)
     if br - bl < 0.05:  # side edges (nearly) parallel: not a sector
         return lines, depth

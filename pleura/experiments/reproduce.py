@@ -110,10 +110,19 @@ def train_variants(
         source = "scratch" if init == "scratch" else f"{init}:{seg_runs / f'{init}-seed{ccfg.seed}'}"
         vcfg = replace(ccfg, init=source, freeze_epochs=0 if init == "scratch" else ccfg.freeze_epochs)
         if not _fresh(run, vcfg, folds):
-            train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=True)
+            resume = _same_config(run / "fold0", vcfg)  # an interrupted run of this config: keep its folds
+            train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=not resume, resume=resume)
             evaluate_classification(run)
         runs[init] = run
     return runs
+
+
+def _same_config(fold: Path, ccfg: ClsTrainConfig) -> bool:
+    """Whether ``fold`` was started with exactly ``ccfg`` (so finished folds can be kept)."""
+    try:
+        return json.loads((fold / "config.json").read_text())["train"] == json.loads(json.dumps(asdict(ccfg)))
+    except (OSError, KeyError, ValueError):
+        return False
 
 
 def _fresh(run: Path, ccfg: ClsTrainConfig, folds: int) -> bool:

@@ -175,3 +175,12 @@ def test_normal_frames_are_healthy(simulated):
         assert bm.pleural_line_unhealthy_fraction == 0
         assert bm.unhealthy_below_fraction == 0
         assert bm.aeration_score == 0  # at most two B-lines, no confluence
+
+
+def test_scan_area_in_pieces_does_not_break_the_scan_lines() -> None:
+    """A predicted outside-scan mask can leave the scan area in pieces with no rows to fit side edges on."""
+    mask = np.full((64, 64), C["outside_scan"], dtype=np.uint8)
+    mask[0:5, 10:50] = C["background"]
+    mask[59:64, 5:60] = C["background"]  # rows 0-4 and 59-63: none in the 25-60% band
+    bm = frame_biomarkers(mask)
+    assert bm.b_line_count == 0 and bm.aeration_score == 0
