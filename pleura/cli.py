@@ -338,6 +338,7 @@ def pocus_experiment(
     out: Path = typer.Option(Path("runs/pocus"), "--out", help="Experiment folder (stages are cached there)."),
     quick: bool = typer.Option(False, "--quick", help="A smoke-sized run (minutes)."),
     full: bool = typer.Option(False, "--full", help="The larger run for a GPU (256 px, width 16, 30 epochs)."),
+    style: str = typer.Option("physics", "--style", help="Simulator style of the pretraining data: physics or pocus."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Simulator-pretrained reverse transfer on real POCUS frames, against scratch, with 5-fold by patient."""
@@ -348,6 +349,8 @@ def pocus_experiment(
         fail("--quick and --full exclude each other")
     cfg = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
     try:
+        cfg.seg.style = style
+        cfg.__post_init__()
         env = init_distributed(device)
         with progress_bar() as bar:
             results = run_pocus(data, out, cfg, env, progress=_EpochProgress(bar))

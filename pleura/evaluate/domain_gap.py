@@ -111,7 +111,7 @@ def domain_gap(
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
         clf.fit(x[train], y[train])
         aucs.append(binary_roc_auc(y[test], clf.predict_proba(x[test])[:, 1]))
-    pooled = np.sqrt((xr.var(axis=0) + xs.var(axis=0)) / 2) + 1e-9
+    pooled = np.sqrt((np.nanvar(xr, axis=0) + np.nanvar(xs, axis=0)) / 2) + 1e-9
     d = np.abs(np.nanmean(xr, axis=0) - np.nanmean(xs, axis=0)) / pooled
     order = np.argsort(-np.nan_to_num(d))[:5]
     return {

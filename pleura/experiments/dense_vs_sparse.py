@@ -65,11 +65,21 @@ def simulate_cached(root: Path, cfg: SimulationConfig) -> Path:
     return root
 
 
-def _run_done(run: Path, cfg: SegTrainConfig) -> bool:
-    """A finished run of the same configuration, so a rerun of the experiment can reuse it."""
+def newer(target: Path, *sources: Path) -> bool:
+    """Whether ``target`` exists and was written after every existing ``source`` (a cached result is stale
+    once the data or the model it came from is rewritten)."""
+    if not target.exists():
+        return False
+    times = [s.stat().st_mtime for s in sources if s.exists()]
+    return not times or target.stat().st_mtime >= max(times)
+
+
+def _run_done(run: Path, cfg: SegTrainConfig, data: Path) -> bool:
+    """A finished run of the same configuration on the current data, so a rerun of the experiment can reuse it."""
     try:
         saved = json.loads((run / "config.json").read_text())["train"]
-        return (run / "summary.json").exists() and saved == json.loads(json.dumps(asdict(cfg)))
+        same = saved == json.loads(json.dumps(asdict(cfg)))
+        return same and newer(run / "summary.json", data / "manifest.csv")
     except (OSError, KeyError, ValueError):
         return False
 
@@ -102,7 +112,7 @@ def run_experiment(
         for schema in SCHEMAS:
             run = out / "runs" / f"{schema}-seed{seed}"
             tcfg = cfg.train_config(schema, seed)
-            if not _run_done(run, tcfg):
+            if not _run_done(run, tcfg, train_data):
                 logger.info("training %s", run)
                 SegTrainer(tcfg, train_data, run, env, progress=progress).fit(overwrite=True)
             evals[schema].append(evaluate_segmentation(run, test_data))

@@ -27,6 +27,7 @@ from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experime
 from pleura.experiments.reproduce import INITS, train_variants
 from pleura.labels import DIAGNOSES
 from pleura.simulate import SimulationConfig
+from pleura.simulate.style import STYLES
 from pleura.train.cls import ClsTrainConfig
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
@@ -51,7 +52,7 @@ class PocusExperimentConfig:
 
     seg: DenseVsSparseConfig = field(
         default_factory=lambda: DenseVsSparseConfig(seeds=(0,), train_clips=90, test_clips=30, epochs=10, width=8)
-    )  # simulator pretraining: one seed, the real frames' size and the classifier's width
+    )  # simulator pretraining: one seed, the real frames' size, the classifier's width, the physics style
     rate: float = 3.0  # frames sampled per second of clip
     max_per_clip: int = 8  # frames kept per clip (evenly spread), so long clips do not dominate
     folds: int = 5  # stratified group k-fold by patient
@@ -61,6 +62,10 @@ class PocusExperimentConfig:
     cls_lr: float = 1e-3
     batch_size: int = 16
     inits: tuple[str, ...] = INITS
+
+    def __post_init__(self) -> None:
+        if self.seg.style not in STYLES:
+            raise ValueError(f"unknown simulator style {self.seg.style!r}; choose one of: {', '.join(STYLES)}")
 
     @property
     def size(self) -> int:
@@ -131,10 +136,12 @@ def run_pocus(
                           inits=cfg.inits)  # fmt: skip
     timings["transfer_s"] = time.perf_counter() - start - timings["import_s"] - timings["pretrain_s"]
     evals = {i: json.loads((r / "eval.json").read_text()) for i, r in runs.items()}
-    gap = {cfg.seg.style: _gap(real, rows, out / "segmentation" / "data" / "train", cfg.seed)}
-    if cfg.seg.style != "physics":  # the gap before styling, on the same scenes rendered without it
-        sim = SimulationConfig(n=cfg.seg.train_clips, seed=cfg.seg.data_seed, size=cfg.size, frames=cfg.seg.frames)
-        gap["physics"] = _gap(real, rows, simulate_cached(out / "segmentation" / "data" / "physics", sim), cfg.seed)
+    gap = {f"{cfg.seg.style} (pretraining data)": _gap(real, rows, out / "segmentation" / "data" / "train", cfg.seed)}
+    for style in STYLES:  # the same scenes in the other styles: what each style does to the gap
+        if style != cfg.seg.style:
+            sim = SimulationConfig(n=cfg.seg.train_clips, seed=cfg.seg.data_seed, size=cfg.size, frames=cfg.seg.frames,
+                                   style=style)  # fmt: skip
+            gap[style] = _gap(real, rows, simulate_cached(out / "segmentation" / "data" / style, sim), cfg.seed)
     results = {
         "config": asdict(cfg),
         "data": {"folder": str(real), **dataset_summary(rows)},

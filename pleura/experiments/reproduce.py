@@ -17,7 +17,7 @@ import numpy as np
 
 from pleura.atomic import write_json, write_text
 from pleura.evaluate.cls import evaluate_classification
-from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, mean_std, run_experiment
+from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, mean_std, newer, run_experiment
 from pleura.train.cls import ClsTrainConfig, train_kfold
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
@@ -109,7 +109,8 @@ def train_variants(
         run = out / f"{init}-seed{ccfg.seed}"
         source = "scratch" if init == "scratch" else f"{init}:{seg_runs / f'{init}-seed{ccfg.seed}'}"
         vcfg = replace(ccfg, init=source, freeze_epochs=0 if init == "scratch" else ccfg.freeze_epochs)
-        if not _fresh(run, vcfg, folds):
+        seg_summary = seg_runs / f"{init}-seed{ccfg.seed}" / "summary.json"
+        if not (_fresh(run, vcfg, folds) and newer(run / "kfold.json", data / "manifest.csv", seg_summary)):
             resume = _same_config(run / "fold0", vcfg)  # an interrupted run of this config: keep its folds
             train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=not resume, resume=resume)
             evaluate_classification(run)

@@ -21,7 +21,7 @@ def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path) -> None:
     assert set(results["classification"]) == {"dense", "sparse", "scratch"}
     for row in results["classification"].values():
         assert 0.0 <= row["clip_balanced_accuracy"]["mean"] <= 1.0
-    assert set(results["domain_gap"]) == {"pocus", "physics"}  # the gap with and without the POCUS style
+    assert set(results["domain_gap"]) == {"pocus (pretraining data)", "physics"}  # with and without the style
     for gap in results["domain_gap"].values():
         assert 0.0 <= gap["auc"] <= 1.0 and len(gap["top"]) == 5 and gap["mean_d"] >= 0
     flags = results["flags"]["dense"]["b_lines"]
