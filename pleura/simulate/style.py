@@ -2,9 +2,9 @@
 
 The physics renders fine, high-contrast speckle. Real point-of-care clips, as published and compressed,
 are smoother and darker. A style is a small post-processing of the scan-converted frame (blur inside the
-scan area, then a gamma curve), fitted by ``pleura experiment pocus``'s sim-to-real measurement
-(``pleura.evaluate.domain_gap``): the ``pocus`` style cut the mean standardised difference of the frame
-statistics from real POCUS frames from 1.23 to 0.46 on a 107-frame sample. Labels are untouched.
+scan area, then a gamma curve), fitted with the sim-to-real measurement (``pleura.evaluate.domain_gap``)
+on a sample of real POCUS frames. In ``pleura experiment pocus`` (600 real, 180 simulated frames) it cut
+the mean standardised difference of the frame statistics from 0.82 to 0.30. Labels are untouched.
 """
 
 from __future__ import annotations
