@@ -22,6 +22,8 @@ from pathlib import Path
 
 from bench_simulate import run_sampled
 
+from pleura.atomic import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 CASE = """
 import json, sys, time
@@ -67,9 +69,7 @@ def main() -> None:
         "disk_mb": round(disk, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)  # atomic: a temporary file, then renamed
     print("| files (failed) | frames written | seconds | peak memory (MB, PSS of all processes) | disk (MB) |")
     print("|---|---|---|---|---|")
     print(f"| {result['files']} ({result['failed']}) | {result['frames']} | {result['seconds']} | "

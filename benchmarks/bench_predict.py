@@ -26,6 +26,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from pleura.atomic import write_json
+
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w8-128.safetensors"
 
 
@@ -121,9 +123,7 @@ def main() -> None:
         "runs": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, row)  # atomic: a temporary file, then renamed
     print("| predicted | frames predicted | seconds | clip frames/s (decoded) | real-time factor |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -10,7 +10,6 @@ kept in the results, so the README's table comes from this run.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pleura.atomic import write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_simulate import run_sampled
@@ -38,9 +39,7 @@ def main() -> None:
     shutil.rmtree(out.parent, ignore_errors=True)
     path = Path(__file__).with_name("results") / "reproduce.json"
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, result)  # atomic: a temporary file, then renamed
     print(stdout)
     print(f"pleura reproduce --quick: {seconds / 60:.1f} min wall, peak {peak:.0f} MB (PSS, all processes)")
 

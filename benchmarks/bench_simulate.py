@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from pleura.atomic import write_json
+
 CASE = """
 import json, sys, time
 from pleura.simulate import SimulationConfig, write_dataset
@@ -126,9 +128,7 @@ def main() -> None:
         "cases": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)  # atomic: a temporary file, then renamed
     print("\n| clips x frames | frames | seconds | frames/s | peak RSS (MB, all processes) | disk (MB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -214,6 +214,7 @@ def import_pocus(
             "source_folder": str(src.resolve()),
             "upstream": UPSTREAM,
             "config": asdict(cfg),
+            "files": sorted(files) if files is not None else None,  # a subset, when one was asked for
             "frames": report.frames,
             "frames_per_class": report.per_class,
             "clips": len({r["clip_id"] for r in all_rows}),

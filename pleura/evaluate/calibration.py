@@ -15,10 +15,14 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Calibrated probabilities ``softmax(logits / T)`` of ``(N, K)`` logits."""
+    return np.exp(_log_softmax(np.asarray(logits, dtype=np.float64) / temperature))
+
+
 def scale_probabilities(prob: np.ndarray, temperature: float) -> np.ndarray:
     """``softmax(log(prob) / T)``: probabilities as a model with logits divided by ``T`` gives them."""
-    logp = np.log(np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1.0))
-    return np.exp(_log_softmax(logp / temperature))
+    return softmax(np.log(np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1.0)), temperature)
 
 
 def fit_temperature(prob: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

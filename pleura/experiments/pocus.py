@@ -84,24 +84,28 @@ class PocusExperimentConfig:
         return cls(seg=seg, max_per_clip=30, cls_epochs=30, freeze_epochs=3)
 
 
-def prepare_data(data: Path, out: Path, cfg: PocusExperimentConfig, progress: Any = None) -> Path:
-    """The real dataset at the experiment's size: imported from a POCUS source folder into ``out`` (cached),
-    or an already imported manifest dataset used as it is."""
+def prepare_data(
+    data: Path, out: Path, cfg: PocusExperimentConfig, progress: Any = None, files: list[str] | None = None
+) -> Path:
+    """The real dataset at the experiment's size: imported from a POCUS source folder into ``out`` (cached;
+    ``files`` restricts the import to those source files), or an already imported dataset used as it is."""
     if not is_pocus_source(data):
         return data
     icfg = PocusImportConfig(rate=cfg.rate, max_per_clip=cfg.max_per_clip, size=cfg.size)
     meta = out / "import.json"
     if meta.exists():
         saved = json.loads(meta.read_text())
-        if saved.get("config") == asdict(icfg) and saved.get("source_folder") == str(data.resolve()):
+        same_files = saved.get("files") == (sorted(files) if files is not None else None)
+        if saved.get("config") == asdict(icfg) and saved.get("source_folder") == str(data.resolve()) and same_files:
             return out
     step = None
     if progress is not None:
         from pleura.data.pocus import read_source_manifest, select_files
 
-        progress.start("import", len(select_files(read_source_manifest(data), icfg)))
+        rows = [r for r in read_source_manifest(data) if files is None or r["file"] in files]
+        progress.start("import", len(select_files(rows, icfg)))
         step = progress.advance
-    import_pocus(data, out, icfg, overwrite=True, progress=step)
+    import_pocus(data, out, icfg, overwrite=True, progress=step, files=files)
     return out
 
 
@@ -116,14 +120,7 @@ def run_pocus(
     """Import, pretrain on the simulator, reverse-transfer with k-fold, evaluate; writes ``report.md``."""
     out = Path(out)
     start = time.perf_counter()
-    data = Path(data)
-    if files is not None and is_pocus_source(data):  # a subset (tests): import only these files
-        icfg = PocusImportConfig(rate=cfg.rate, max_per_clip=cfg.max_per_clip, size=cfg.size)
-        if not (out / "data" / "import.json").exists():
-            import_pocus(data, out / "data", icfg, overwrite=True, files=files)
-        real = out / "data"
-    else:
-        real = prepare_data(data, out / "data", cfg, progress)
+    real = prepare_data(Path(data), out / "data", cfg, progress, files)
     rows = read_manifest(real)
     timings = {"import_s": time.perf_counter() - start}
     seg = run_experiment(out / "segmentation", cfg.seg, env, progress)

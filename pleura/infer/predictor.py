@@ -24,7 +24,7 @@ import numpy as np
 from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_overlays
 from pleura.data.readers import Frame, ReadError, iter_frames
 from pleura.evaluate.biomarkers import frame_biomarkers
-from pleura.evaluate.calibration import scale_probabilities
+from pleura.evaluate.calibration import softmax
 from pleura.infer.engine import make_engine
 from pleura.infer.ood import OODDetector
 
@@ -131,7 +131,7 @@ class Predictor:
         """Calibrated probabilities (N, K) and segmentation label maps (N, S, S) of cleaned frames (N, S, S)."""
         x = images.astype(np.float32)[:, None] / 255.0
         logits, seg = self.engine(x)
-        prob = scale_probabilities(np.exp(logits - logits.max(axis=1, keepdims=True)), self.temperature)
+        prob = softmax(logits, self.temperature)
         if seg is None:  # the bottleneck tap skips the decoder; the explanation needs it
             import torch
 
