@@ -57,18 +57,30 @@ def tree_rss_mb(pid: int, proportional: bool = False) -> float:
     return total / 2**20
 
 
+def stopped(pid: int) -> bool:
+    """Whether the process is stopped (``kill -STOP``), e.g. paused while a quiet benchmark runs."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def run_sampled(cmd: list[str], what: str, every: float = 0.05, proportional: bool = False) -> tuple[str, float, float]:
-    """Run ``cmd``; its stdout, wall seconds and the peak RSS (MB; PSS if ``proportional``) of its process
-    tree, sampled."""
+    """Run ``cmd``; its stdout, wall seconds (less any time it was stopped) and the peak RSS (MB; PSS if
+    ``proportional``) of its process tree, sampled."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    peak = 0.0
+    peak, paused = 0.0, 0.0
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, paused
         while proc.poll() is None:
+            tick = time.perf_counter()
             peak = max(peak, tree_rss_mb(proc.pid, proportional))
             time.sleep(every)
+            if stopped(proc.pid):
+                paused += time.perf_counter() - tick
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -76,7 +88,7 @@ def run_sampled(cmd: list[str], what: str, every: float = 0.05, proportional: bo
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"benchmark failed: {what}")
-    return stdout, time.perf_counter() - t0, peak
+    return stdout, time.perf_counter() - t0 - paused, peak
 
 
 def run_case(clips: int, frames: int, size: int, workers: int) -> dict[str, float]:
