@@ -339,6 +339,8 @@ def pocus_experiment(
     quick: bool = typer.Option(False, "--quick", help="A smoke-sized run (minutes)."),
     full: bool = typer.Option(False, "--full", help="The larger run for a GPU (256 px, width 16, 30 epochs)."),
     style: str = typer.Option("physics", "--style", help="Simulator style of the pretraining data: physics or pocus."),
+    width: int = typer.Option(None, "--width", help="U-Net width (first level channels); default: the budget's."),
+    inits: str = typer.Option("dense,sparse,scratch", "--inits", help="Variants to train, comma-separated."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Simulator-pretrained reverse transfer on real POCUS frames, against scratch, with 5-fold by patient."""
@@ -350,6 +352,8 @@ def pocus_experiment(
     cfg = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
     try:
         cfg.seg.style = style
+        cfg.seg.width = width if width is not None else cfg.seg.width
+        cfg.inits = tuple(i.strip() for i in inits.split(",") if i.strip())
         cfg.__post_init__()
         env = init_distributed(device)
         with progress_bar() as bar:

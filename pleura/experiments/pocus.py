@@ -66,6 +66,11 @@ class PocusExperimentConfig:
     def __post_init__(self) -> None:
         if self.seg.style not in STYLES:
             raise ValueError(f"unknown simulator style {self.seg.style!r}; choose one of: {', '.join(STYLES)}")
+        unknown = [i for i in self.inits if i not in INITS]
+        if unknown or not self.inits:
+            raise ValueError(f"unknown variants {unknown or list(self.inits)}; choose from: {', '.join(INITS)}")
+        if not isinstance(self.seg.width, int) or self.seg.width < 1:
+            raise ValueError(f"width should be a positive integer, got {self.seg.width!r}")
 
     @property
     def size(self) -> int:

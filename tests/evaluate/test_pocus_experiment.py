@@ -33,3 +33,24 @@ def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path) -> None:
         assert (out / link).exists(), link
     assert json.loads((out / "results.json").read_text())["data"]["covid"]["patients"] == 3
     assert json.loads((out / "data" / "import.json").read_text())["failed"][0]["file"] == "normal/broken.mp4"
+
+
+def test_pocus_config_rejects_unknown_variants_and_widths() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown variants"):
+        PocusExperimentConfig(inits=("dense", "imagenet"))
+    with pytest.raises(ValueError, match="unknown variants"):
+        PocusExperimentConfig(inits=())
+    with pytest.raises(ValueError, match="width"):
+        PocusExperimentConfig(seg=DenseVsSparseConfig(width=0))
+
+
+def test_pocus_cli_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pleura.cli import app
+
+    result = CliRunner().invoke(app, ["experiment", "pocus", "--out", str(tmp_path / "x"), "--inits", "dense,foo"])
+    assert result.exit_code != 0 and "unknown variants" in result.output
+    assert not (tmp_path / "x").exists()  # refused before any work
