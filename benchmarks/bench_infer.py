@@ -14,7 +14,9 @@ Cases, per width and batch, all on random weights and frames (speed does not dep
 - ``torch``: :class:`pleura.infer.TorchEngine` (BatchNorm folded, pre-split skip convolutions, all levels
   channels-last; still eager);
 - ``onnx``: :class:`pleura.infer.OnnxEngine` on :func:`pleura.infer.export_onnx`'s graph (ONNX Runtime,
-  ``ORT_ENABLE_ALL``);
+  ``ORT_ENABLE_ALL``): one frame on all threads, a batch frame-parallel (one frame per thread);
+- ``onnx_batched``: the same with ``frame_parallel=False`` (the batch in one call, every operator split
+  across the threads);
 - ``unet_torch``: the segmentation U-Net alone in ``TorchEngine``, and ``monai``: BasicUNet, eager, eval:
   the like-for-like pair (segmentation only, both PyTorch). The MONAI target compares the full model in
   its faster engine (more work than BasicUNet does) with BasicUNet.
@@ -56,8 +58,8 @@ from pleura.infer import OnnxEngine, TorchEngine, onnx_bytes  # noqa: E402
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig  # noqa: E402
 
 NUM_CLASSES = 8  # the dense schema
-CASES = ("torch_plain", "torch", "onnx", "unet_torch", "monai")
-FULL_CASES = ("torch_plain", "torch", "onnx")  # the full model: class + segmentation logits
+CASES = ("torch_plain", "torch", "onnx", "onnx_batched", "unet_torch", "monai")
+FULL_CASES = ("torch_plain", "torch", "onnx", "onnx_batched")  # the full model: class + segmentation logits
 TARGET_DEFAULT_FPS = 60.0
 TARGET_SHIPPED_FPS = 30.0
 TARGET_MONAI_RATIO = 2.0
@@ -119,6 +121,7 @@ def make_cases(models: dict[str, nn.Module], size: int, threads: int) -> dict[st
         "torch_plain": eager(classifier, "forward_with_segmentation"),
         "torch": TorchEngine(classifier, image_size=size),
         "onnx": OnnxEngine(onnx_bytes(classifier, image_size=size), threads=threads),
+        "onnx_batched": OnnxEngine(onnx_bytes(classifier, image_size=size), threads=threads, frame_parallel=False),
         "unet_torch": TorchEngine(models["unet"], image_size=size),
     }
     if "monai" in models:
@@ -189,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
             pair["onnx_over_torch_plain"] = round(ratio(times, "onnx", "torch_plain"), 3)
             pair["torch_over_torch_plain"] = round(ratio(times, "torch", "torch_plain"), 3)
             pair["onnx_over_torch"] = round(ratio(times, "onnx", "torch"), 3)
+            pair["onnx_over_onnx_batched"] = round(ratio(times, "onnx", "onnx_batched"), 3)
             if "monai" in times:
                 pair["unet_torch_over_monai"] = round(ratio(times, "unet_torch", "monai"), 3)
                 pair["full_torch_over_monai"] = round(ratio(times, "torch", "monai"), 3)

@@ -196,6 +196,18 @@ def test_engines_agree(classifier_onnx, unet_onnx) -> None:
     np.testing.assert_allclose(seg_a, seg_b, rtol=0, atol=TOL)
 
 
+def test_frame_parallel_batches_equal_one_call(classifier_onnx) -> None:
+    _, path = classifier_onnx
+    x = _frames(5, seed=3)
+    parallel, batched = OnnxEngine(path, threads=2), OnnxEngine(path, threads=2, frame_parallel=False)
+    assert parallel._pool is not None and batched._pool is None
+    for got, want in zip(parallel(x), batched(x), strict=True):
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    one = parallel(x[2:3])  # a single frame runs on the multi-threaded session
+    np.testing.assert_allclose(one[0], batched(x)[0][2:3], rtol=0, atol=1e-5)
+
+
 def test_make_engine_from_files(tmp_path: Path, classifier_onnx) -> None:
     model, onnx_path = classifier_onnx
     weights = save_model(model, tmp_path / "model.safetensors")
