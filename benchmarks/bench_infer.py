@@ -14,9 +14,10 @@ Cases, per width and batch, all on random weights and frames (speed does not dep
 - ``torch``: :class:`pleura.infer.TorchEngine` (BatchNorm folded, pre-split skip convolutions, all levels
   channels-last; still eager);
 - ``onnx``: :class:`pleura.infer.OnnxEngine` on :func:`pleura.infer.export_onnx`'s graph (ONNX Runtime,
-  ``ORT_ENABLE_ALL``): one frame on all threads, a batch frame-parallel (one frame per thread);
+  ``ORT_ENABLE_ALL``): one frame on all threads, a batch frame-parallel (one frame per thread; the
+  engine's default from 256 px);
 - ``onnx_batched``: the same with ``frame_parallel=False`` (the batch in one call, every operator split
-  across the threads);
+  across the threads; the engine's default below 256 px);
 - ``unet_torch``: the segmentation U-Net alone in ``TorchEngine``, and ``monai``: BasicUNet, eager, eval:
   the like-for-like pair (segmentation only, both PyTorch). The MONAI target compares the full model in
   its faster engine (more work than BasicUNet does) with BasicUNet.
@@ -120,7 +121,7 @@ def make_cases(models: dict[str, nn.Module], size: int, threads: int) -> dict[st
     cases = {
         "torch_plain": eager(classifier, "forward_with_segmentation"),
         "torch": TorchEngine(classifier, image_size=size),
-        "onnx": OnnxEngine(onnx_bytes(classifier, image_size=size), threads=threads),
+        "onnx": OnnxEngine(onnx_bytes(classifier, image_size=size), threads=threads, frame_parallel=True),
         "onnx_batched": OnnxEngine(onnx_bytes(classifier, image_size=size), threads=threads, frame_parallel=False),
         "unet_torch": TorchEngine(models["unet"], image_size=size),
     }

@@ -29,6 +29,7 @@ from pleura.infer.export import FORMAT, INPUT_NAME, _seg_class_names, _unet_of, 
 from pleura.models.classifier import ReverseTransferClassifier
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")
+FRAME_PARALLEL_MIN_SIDE = 256  # OnnxEngine runs batches of frames this large (or larger) one frame per thread
 Outputs = tuple[np.ndarray | None, np.ndarray | None]
 
 
@@ -105,14 +106,15 @@ class OnnxEngine(Engine):
         threads: intra-op threads; ``None`` means every core (``os.cpu_count()``).
         providers: ONNX Runtime execution providers; ``None`` means ``["CPUExecutionProvider"]``.
         frame_parallel: run a batch of several frames as single-frame calls, ``threads`` at a time, each
-            on one thread (a second, single-threaded session); ``False`` runs the batch in one call.
+            on one thread (a second, single-threaded session); ``False`` runs the batch in one call;
+            ``None`` (default) chooses by frame size: frame-parallel from ``FRAME_PARALLEL_MIN_SIDE`` pixels.
 
     The sessions use every graph optimisation (``ORT_ENABLE_ALL``: constant folding, Conv + Add + ReLU
     fusion and the blocked NCHWc convolution layout on x86). A single frame runs on all ``threads``
-    (lowest latency). A batch runs frame-parallel by default: one frame per core keeps each core's
-    activations in its own cache and needs no synchronisation between operators, where a batched call
-    splits every operator across the cores; for the width-8 model at 256x256 on the 2-core machine this
-    measured about 1.2x the frames/s of one batch-8 call (``benchmarks/bench_infer.py``).
+    (lowest latency). For a batch of large frames, one frame per core keeps each core's activations in its
+    own cache and needs no synchronisation between operators, where a batched call splits every operator
+    across the cores; small frames fit the cache either way and batch better (``benchmarks/bench_infer.py``
+    on the 2-core machine, batch 8: 1.14-1.24x the frames/s of one call at 256x256, 0.85-0.91x at 128x128).
     """
 
     def __init__(
@@ -120,7 +122,7 @@ class OnnxEngine(Engine):
         path: str | os.PathLike | bytes,
         threads: int | None = None,
         providers: list[str] | None = None,
-        frame_parallel: bool = True,
+        frame_parallel: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -142,10 +144,12 @@ class OnnxEngine(Engine):
             return ort.InferenceSession(path, options, providers=providers)
 
         self.session = session(self.threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if frame_parallel is None:
+            frame_parallel = int(meta.get("image_size", 0)) >= FRAME_PARALLEL_MIN_SIDE
         parallel = frame_parallel and self.threads > 1 and providers == ["CPUExecutionProvider"]
         self._single = session(1) if parallel else None  # run concurrently, one frame per thread
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pleura-onnx") if parallel else None
-        meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{what}: not a pleura ONNX export (metadata format {meta.get('format')!r}); use export_onnx"

@@ -199,8 +199,8 @@ def test_engines_agree(classifier_onnx, unet_onnx) -> None:
 def test_frame_parallel_batches_equal_one_call(classifier_onnx) -> None:
     _, path = classifier_onnx
     x = _frames(5, seed=3)
-    parallel, batched = OnnxEngine(path, threads=2), OnnxEngine(path, threads=2, frame_parallel=False)
-    assert parallel._pool is not None and batched._pool is None
+    parallel, batched = OnnxEngine(path, threads=2, frame_parallel=True), OnnxEngine(path, threads=2)
+    assert parallel._pool is not None and batched._pool is None  # by default only frames of 256 px and up
     for got, want in zip(parallel(x), batched(x), strict=True):
         assert got.shape == want.shape and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

@@ -129,3 +129,15 @@ def test_export_cli_refuses_tampered_model_and_writes_onnx(bundle: Path, tmp_pat
     bad.with_suffix(".json").write_text(bundle.with_suffix(".json").read_text())
     res = CliRunner().invoke(app, ["predict", str(tmp_path / "m.onnx"), "--model", str(bad)])
     assert res.exit_code == 2 and "checksum" in res.output
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "models").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("model", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_models_load_and_flag_a_photograph(model: Path, media: dict[str, Path]) -> None:
+    predictor = Predictor(model)
+    assert predictor.engine.class_names == ("covid", "pneumonia", "normal") and predictor.engine.schema == "dense"
+    frame = predictor.predict(media["photo"]).frames[0]
+    assert sum(frame.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
+    assert frame.ood  # trained on real lung ultrasound: a photograph is out of distribution
