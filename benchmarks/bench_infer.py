@@ -2,8 +2,8 @@
 
 Targets (issue): frames per second at 256x256 on the 2-core machine, batch 1 and batch 8, for the full
 model (``ReverseTransferClassifier.forward_with_segmentation``: class logits and segmentation logits):
-the default model (``--default-width``, 8) at least 60 frames/s at batch 1 and no shipped model
-(``--shipped-widths``) under 30; at least 2x MONAI's BasicUNet of the same widths
+the default model (``--default-width``, 4: ``models/pocus-dense-w4-128``) at least 60 frames/s at batch 1 and
+no shipped model (``--shipped-widths``, 4 and 8) under 30; at least 2x MONAI's BasicUNet of the same widths
 (``features=(w, 2w, 4w, 8w, 16w, w)``: four down-steps, as our depth 4) in PyTorch eager at the same batch;
 and the default model's GFLOP/s at batch 8 at least 60% of the machine's float32 matrix-multiply GFLOP/s
 (a 2048x2048 ``torch.matmul``, best of several runs, measured before and after each width).
@@ -29,8 +29,8 @@ frames/s, and ratios are medians of per-round ratios. FLOPs are counted by ``tor
 that many FLOPs. On a machine shared with other work, PyTorch's two OpenMP threads suffer most (a
 descheduled thread stalls every operator); ONNX Runtime's pool much less, so compare within one run.
 
-    python benchmarks/bench_infer.py                  # widths 8 and 16 (about 1.5 minutes on 2 idle cores)
-    python benchmarks/bench_infer.py --widths 4 8 16  # and the width-4 model
+    python benchmarks/bench_infer.py                  # widths 4, 8 and 16 (about 2 minutes on 2 idle cores)
+    python benchmarks/bench_infer.py --size 128 --widths 4 8 --out benchmarks/results/infer128.json
     python benchmarks/bench_infer.py --quick          # tiny sizes, one thread, a smoke run (to a temp file)
     python benchmarks/bench_infer.py --check          # exit 1 if a target is missed
 """
@@ -253,12 +253,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="64x64, width 4, 1 thread, short rounds (a smoke run)")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--widths", type=int, nargs="+", default=[8, 16])
+    ap.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--head-width", type=int, default=32, help="classifier head width (ClassifierConfig default)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--default-width", type=int, default=8, help="the width of the default inference model")
-    ap.add_argument("--shipped-widths", type=int, nargs="+", default=None, help="default: --default-width")
+    ap.add_argument("--default-width", type=int, default=4, help="the width of the default inference model")
+    ap.add_argument("--shipped-widths", type=int, nargs="+", default=[4, 8], help="widths of the shipped models")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per case")
     ap.add_argument("--rounds", type=int, default=6, help="timed rounds per case, alternating cases")
     ap.add_argument("--frames", type=int, default=8, help="frames per case per round (calls = frames / batch)")
