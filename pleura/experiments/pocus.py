@@ -24,7 +24,7 @@ from pleura.data import read_manifest
 from pleura.data.pocus import PocusImportConfig, import_pocus, is_pocus_source
 from pleura.evaluate.classification import binary_roc_auc
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment, simulate_cached
-from pleura.experiments.reproduce import INITS, train_variants
+from pleura.experiments.reproduce import INITS, recorded_seconds, train_variants
 from pleura.labels import DIAGNOSES
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
@@ -174,15 +174,13 @@ def _gap(real: Path, rows: list[dict[str, str]], sim: Path, seed: int) -> dict[s
 
 
 def training_seconds(out: Path, runs: dict[str, Path], seed: int) -> dict[str, float]:
-    """Training time recorded by each stage's runs (``summary.json``), so a report rebuilt from cached stages
-    still tells what the whole study cost."""
-
-    def total(folders: list[Path]) -> float:
-        return sum(json.loads((f / "summary.json").read_text()).get("seconds", 0.0) for f in folders
-                   if (f / "summary.json").exists())  # fmt: skip
-
+    """Training time recorded by each stage's runs, so a report rebuilt from cached stages still tells what
+    the whole study cost."""
     seg = [out / "segmentation" / "runs" / f"{s}-seed{seed}" for s in ("dense", "sparse")]
-    return {"pretraining": total(seg), **{i: total(sorted(r.glob("fold*"))) for i, r in runs.items()}}
+    return {
+        "pretraining": recorded_seconds(seg),
+        **{i: recorded_seconds(sorted(r.glob("fold*"))) for i, r in runs.items()},
+    }
 
 
 def dataset_summary(rows: list[dict[str, str]]) -> dict[str, Any]:

@@ -24,3 +24,9 @@ def test_reproduce_runs_end_to_end_and_links_only_existing_files(tmp_path):
     assert set(results["classification"]) == set(INITS)
     for init in INITS:
         assert (tmp_path / "classification" / f"{init}-seed0" / "eval.json").exists()
+    # the training time every stage recorded is summed, so a resumed or cached study still states its cost
+    assert set(results["training_s"]) == {"segmentation", *INITS}
+    assert all(v > 0 for v in results["training_s"].values())
+    assert "Training time recorded by the stages: segmentation" in report
+    again = run_reproduce(tmp_path, cfg, DistEnv())  # every stage cached: nothing retrains
+    assert again["training_s"] == results["training_s"] and again["seconds"] < results["seconds"]
