@@ -235,6 +235,7 @@ def targets(result: dict, args: argparse.Namespace) -> dict[str, bool | None]:
     shipped = [f for w in args.shipped_widths for b in args.batches if (f := best_full(w, b)) is not None]
     monai = [max(p["full_torch_over_monai"], p["full_onnx_over_monai"]) for p in ratios if "full_onnx_over_monai" in p]
     fraction = best_full(args.default_width, 8, "peak_fraction_median")
+    efficient = [w for w in args.widths if (f := best_full(w, 8, "peak_fraction_median")) and f >= TARGET_PEAK_FRACTION]
     return {
         f"default_width_{args.default_width}_at_least_{TARGET_DEFAULT_FPS:g}_fps_batch_1": (
             None if default_fps is None else default_fps >= TARGET_DEFAULT_FPS
@@ -246,6 +247,7 @@ def targets(result: dict, args: argparse.Namespace) -> dict[str, bool | None]:
         f"default_batch_8_at_least_{TARGET_PEAK_FRACTION:.0%}_of_matmul_peak": (
             None if fraction is None else fraction >= TARGET_PEAK_FRACTION
         ),
+        f"widths_at_least_{TARGET_PEAK_FRACTION:.0%}_of_matmul_peak_batch_8": efficient,  # informative, not checked
     }
 
 
@@ -334,7 +336,7 @@ def main() -> None:
     for p in result["ratios"]:
         print("  " + ", ".join(f"{k} {v}" for k, v in p.items()))
     print(f"\ntargets: {result['targets']}; wrote {args.out} in {result['seconds']} s")
-    if args.check and not all(v is not False for v in result["targets"].values()):
+    if args.check and any(v is False for v in result["targets"].values()):
         raise SystemExit(1)
 
 
