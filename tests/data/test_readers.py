@@ -97,6 +97,33 @@ def test_fps_sampling_and_max_frames(media, monkeypatch):
     assert [f.index for f in iter_frames(path, fps=3, max_frames=2)] == [0, 10]
 
 
+@pytest.mark.parametrize("pix_fmt, codec", [("yuv420p", "mpeg4"), ("yuvj420p", "mjpeg"), ("yuv444p", "ffv1")])
+def test_video_luma_matches_the_rgb_path(tmp_path, pix_fmt, codec):
+    """Grey frames come from the luma plane (limited or full range) and agree with luma-of-RGB."""
+    rng = np.random.default_rng(0)
+    path, sources = tmp_path / "grad.avi", []
+    with av.open(str(path), "w", format="avi") as c:
+        s = c.add_stream(codec, rate=RATE)
+        s.width, s.height, s.pix_fmt = W, H, pix_fmt
+        for _ in range(3):  # grey speckle on a ramp, slightly tinted, as an ultrasound clip
+            grey = np.tile(np.linspace(0, 255, W), (H, 1)) + rng.normal(0, 20, (H, W))
+            sources.append(np.clip(grey[..., None] * np.array([1.0, 0.97, 0.94]), 0, 255).astype(np.uint8))
+            c.mux(s.encode(av.VideoFrame.from_ndarray(sources[-1], format="rgb24")))
+        c.mux(s.encode())
+    with av.open(str(path)) as c:
+        decoded = list(c.decode(video=0))
+    assert decoded[0].format.name == pix_fmt
+    fast = np.stack([readers._av_gray(f) for f in decoded])
+    slow = np.stack([to_gray_uint8(f.to_ndarray(format="rgb24")) for f in decoded])
+    assert fast.shape == (3, H, W) and fast.dtype == np.uint8
+    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 3  # RGB conversion rounds and clips
+    assert fast.max() > 230 and fast.min() < 25  # the range is expanded, not left at 16-235
+    if codec == "ffv1":  # lossless: the luma of the source frames, to rounding
+        truth = np.stack([to_gray_uint8(a) for a in sources])
+        assert np.abs(fast.astype(int) - truth.astype(int)).max() <= 1
+    np.testing.assert_array_equal(read_frames(path), fast)
+
+
 def test_animated_gif_is_a_video(tmp_path):
     levels = [20, 80, 140, 200, 250]
     frames = [Image.fromarray(np.full((H, W), v, np.uint8)) for v in levels]
