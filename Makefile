@@ -32,8 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
 	$(BIN)/python benchmarks/bench_train_seg.py
 	$(BIN)/python benchmarks/bench_reproduce.py
-	$(BIN)/python benchmarks/bench_infer.py --widths 4 8 16
+	$(BIN)/python benchmarks/bench_infer.py
+	$(BIN)/python benchmarks/bench_infer.py --size 128 --widths 4 8 --out benchmarks/results/infer128.json
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_predict.py --model models/pocus-dense-w8-128.safetensors --out benchmarks/results/predict_w8.json
 	$(BIN)/python benchmarks/bench_import.py
 
 ## The real-data study on ../shared/data/pocus (about an hour on the 2-core CPU).
