@@ -145,15 +145,15 @@ class OnnxEngine(Engine):
 
         self.session = session(self.threads)
         meta = self.session.get_modelmeta().custom_metadata_map
-        if frame_parallel is None:
-            frame_parallel = int(meta.get("image_size", 0)) >= FRAME_PARALLEL_MIN_SIDE
-        parallel = frame_parallel and self.threads > 1 and providers == ["CPUExecutionProvider"]
-        self._single = session(1) if parallel else None  # run concurrently, one frame per thread
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pleura-onnx") if parallel else None
         if meta.get("format") != FORMAT:
             raise ValueError(
                 f"{what}: not a pleura ONNX export (metadata format {meta.get('format')!r}); use export_onnx"
             )
+        if frame_parallel is None:
+            frame_parallel = int(meta["image_size"]) >= FRAME_PARALLEL_MIN_SIDE
+        parallel = frame_parallel and self.threads > 1 and providers == ["CPUExecutionProvider"]
+        self._single = session(1) if parallel else None  # run concurrently, one frame per thread
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="pleura-onnx") if parallel else None
         self.metadata = dict(meta)
         self.config = json.loads(meta["config"])
         self.outputs: list[str] = json.loads(meta["outputs"])
