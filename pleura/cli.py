@@ -448,10 +448,15 @@ def _inputs(paths: list[Path]) -> list[Path]:
     return files
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w4-128.safetensors"
+
+
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
-    model: Path = typer.Option(..., "--model", help="Model file (pleura export model), or a train-cls run."),
+    model: Path = typer.Option(
+        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+    ),
     out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
     engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster) or torch."),
     rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame."),
@@ -466,6 +471,9 @@ def predict(
     from pleura.infer.report import PredictionWriter
 
     files = _inputs(inputs)
+    if not model.exists():
+        hint = " (the shipped default lives in a source checkout's models/ folder)" if model == DEFAULT_MODEL else ""
+        fail(f"{model}: model not found{hint}; pass --model FILE")
     try:
         if model.is_dir():  # a run: bundle it on the fly (calibration and OOD statistics included)
             from pleura.infer.bundle import export_bundle

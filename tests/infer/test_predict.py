@@ -118,6 +118,18 @@ def test_predict_cli_writes_outputs_and_lists_failures(bundle: Path, media: dict
     empty.mkdir()
     res = CliRunner().invoke(app, ["predict", str(empty), "--model", str(bundle)])
     assert res.exit_code == 2 and "holds no image" in res.output
+    res = CliRunner().invoke(app, ["predict", str(media["frame"]), "--model", str(tmp_path / "nope.safetensors")])
+    assert res.exit_code != 0 and "nope.safetensors: model not found" in res.output
+
+
+def test_predict_cli_defaults_to_the_shipped_model(media: dict[str, Path], tmp_path: Path) -> None:
+    from pleura.cli import DEFAULT_MODEL
+
+    assert DEFAULT_MODEL.exists()  # a source checkout ships it
+    res = CliRunner().invoke(app, ["predict", str(media["photo"]), "--out", str(tmp_path / "p"), "--no-video"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert doc["files"][0]["frames"][0]["ood"] is True
 
 
 def test_export_cli_refuses_tampered_model_and_writes_onnx(bundle: Path, tmp_path: Path) -> None:
