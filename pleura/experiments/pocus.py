@@ -24,7 +24,7 @@ from pleura.data import read_manifest
 from pleura.data.pocus import PocusImportConfig, import_pocus, is_pocus_source
 from pleura.evaluate.classification import binary_roc_auc
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment, simulate_cached
-from pleura.experiments.reproduce import INITS, recorded_seconds, train_variants
+from pleura.experiments.reproduce import INITS, recorded_seconds, train_variants, training_line
 from pleura.labels import DIAGNOSES
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
@@ -298,9 +298,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"{cfg['seg']['size']} px. Segmentation pretraining used **simulated** frames only (no real frame has a mask). "
         f"{cfg['folds']}-fold cross-validation stratified by diagnosis and grouped by patient; {cfg['cls_epochs']} "
         f"epochs per fold ({cfg['freeze_epochs']} with the U-Net frozen), U-Net width {cfg['seg']['width']}, seed "
-        f"{cfg['seed']}. Mean ± standard deviation over folds. Training time recorded by the stages: "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["training_s"].items())
-        + f" (this invocation: {results['seconds'] / 60:.1f} min; stages found in the cache are reused).",
+        f"{cfg['seed']}. Mean ± standard deviation over folds. " + training_line(results),
         "",
         "| init | frame bal. acc. | frame COVID sens. | frame COVID spec. | video bal. acc. | video COVID sens. "
         "| video COVID spec. | video macro AUC |",

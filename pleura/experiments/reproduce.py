@@ -103,6 +103,15 @@ def recorded_seconds(runs: Iterable[Path]) -> float:
                if (r / "summary.json").exists())  # fmt: skip
 
 
+def training_line(results: dict[str, Any]) -> str:
+    """The report sentence on cost: ``results["training_s"]`` per stage and this invocation's wall time."""
+    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["training_s"].items())
+    return (
+        f"Training time recorded by the stages: {stages} (this invocation: {results['seconds'] / 60:.1f} min; "
+        "stages found in the cache are reused)."
+    )
+
+
 def train_variants(
     data: Path,
     seg_runs: Path,
@@ -196,10 +205,7 @@ def report_markdown(results: dict[str, Any], cfg: ReproduceConfig) -> str:
         "# Reproduction of Gare et al. (ISBI 2021) on simulated lung ultrasound",
         "",
         "**All data here are simulated** by pleura's B-mode simulator; no claim about real patients follows.",
-        "Training time recorded by the stages: "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["training_s"].items())
-        + f" (this invocation: {results['seconds'] / 60:.1f} min; stages found in the cache are reused). "
-        f"Seeds {', '.join(map(str, cfg.seg.seeds))}; "
+        training_line(results) + f" Seeds {', '.join(map(str, cfg.seg.seeds))}; "
         f"{cfg.folds}-fold stratified group cross-validation by patient (clip) for the classifiers, "
         f"{cfg.cls_epochs} epochs per fold ({cfg.freeze_epochs} with the U-Net frozen).",
         "",
