@@ -458,7 +458,8 @@ def predict(
         DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
     ),
     out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
-    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster) or torch."),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the torch engine runs."),
     rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame."),
     max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all."),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
@@ -479,7 +480,7 @@ def predict(
             from pleura.infer.bundle import export_bundle
 
             model, _ = export_bundle(model, Path(tempfile.mkdtemp(prefix="pleura-model-")) / "model.safetensors")
-        predictor = Predictor(model, engine=engine, rate=rate or None, max_frames=max_frames or None)
+        predictor = Predictor(model, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
     except (ValueError, OSError) as e:
         fail(str(e))
     writer = PredictionWriter(out, predictor, video=video)

@@ -34,13 +34,14 @@ def class_activation_map(model: ReverseTransferClassifier, image: np.ndarray, cl
     was_training = model.training
     model.eval()
     try:
-        x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None]
+        device = next(model.parameters()).device
+        x = torch.from_numpy(image.astype(np.float32) / 255.0)[None, None].to(device)
         with torch.enable_grad():
             logits = model(x)
             logits[0, class_index].backward()
         a, g = store["a"], store["a"].grad
         cam = F.relu((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True))
-        cam = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0].detach().numpy()
+        cam = F.interpolate(cam, size=image.shape, mode="bilinear", align_corners=False)[0, 0].detach().cpu().numpy()
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)

@@ -94,6 +94,8 @@ class Predictor:
         rate: frames per second predicted from clips (10 by default: lung sliding and B-lines change
             slower than that, and it keeps a 2-core CPU ahead of real time); ``None`` predicts every frame.
         max_frames: stop after this many frames of a file.
+        device: where the ``torch`` engine runs: ``auto`` (CUDA when present, under bfloat16 autocast),
+            ``cpu`` or ``cuda``. The ``onnx`` engine runs on the CPU; it refuses ``cuda``.
     """
 
     def __init__(
@@ -103,8 +105,10 @@ class Predictor:
         batch_size: int = 8,
         rate: float | None = 10.0,
         max_frames: int | None = None,
+        device: str = "auto",
     ) -> None:
         from pleura.models import ReverseTransferClassifier, load_model
+        from pleura.train.distributed import pick_device
 
         self.path = Path(model)
         self.model, self.meta = load_model(self.path)
@@ -115,6 +119,11 @@ class Predictor:
         self.schema = self.model.unet.config.schema or "dense"
         self.temperature = float(self.meta.get("temperature", 1.0))
         self.ood = OODDetector.from_dict(self.meta["ood"]) if "ood" in self.meta else None
+        if engine == "onnx" and device == "cuda":
+            raise ValueError("the onnx engine runs on the CPU; use --engine torch for --device cuda")
+        target = pick_device(device)
+        if engine == "torch":
+            self.model.to(target)
         self.engine = make_engine(self.model, engine, image_size=self.size)
         self.batch_size, self.rate, self.max_frames = batch_size, rate, max_frames
 
@@ -136,7 +145,8 @@ class Predictor:
             import torch
 
             with torch.inference_mode():
-                seg = self.model.unet(torch.from_numpy(x)).numpy()
+                device = next(self.model.parameters()).device
+                seg = self.model.unet(torch.from_numpy(x).to(device)).float().cpu().numpy()
         return prob, seg.argmax(axis=1).astype(np.uint8)
 
     def predict(self, path: str | Path, on_frame: FrameHook | None = None) -> ClipResult:

@@ -33,21 +33,27 @@ class DistEnv:
         return self.world_size > 1
 
 
+def pick_device(device: str = "auto", index: int = 0) -> torch.device:
+    """The torch device for a ``--device`` option: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
+    return torch.device(f"cuda:{index}") if use_cuda else torch.device("cpu")
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the torchrun process group if there is one and pick this process's device.
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    dev = pick_device(device, local)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

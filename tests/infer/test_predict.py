@@ -10,6 +10,7 @@ import av
 import numpy as np
 import pydicom
 import pytest
+import torch
 from matplotlib import cbook
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -98,6 +99,18 @@ def test_onnx_engine_gives_the_same_probabilities(bundle: Path, media: dict[str,
     for fa, fb in zip(a.frames, b.frames, strict=True):
         for c in fa.probabilities:
             assert fa.probabilities[c] == pytest.approx(fb.probabilities[c], abs=1e-4)
+
+
+def test_predictor_device_choices(bundle: Path) -> None:
+    with pytest.raises(ValueError, match="onnx engine runs on the CPU"):
+        Predictor(bundle, engine="onnx", device="cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        Predictor(bundle, engine="onnx", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            Predictor(bundle, engine="torch", device="cuda")
+    p = Predictor(bundle, engine="torch", device="cpu")
+    assert next(p.model.parameters()).device.type == "cpu"
 
 
 def test_predict_cli_writes_outputs_and_lists_failures(bundle: Path, media: dict[str, Path], tmp_path: Path) -> None:
