@@ -23,8 +23,14 @@ from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
 from pleura.data.pocus import PocusImportConfig, import_pocus, is_pocus_source
 from pleura.evaluate.classification import binary_roc_auc
-from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment, simulate_cached
-from pleura.experiments.reproduce import INITS, recorded_seconds, train_variants, training_line
+from pleura.experiments.dense_vs_sparse import (
+    DenseVsSparseConfig,
+    recorded_seconds,
+    run_experiment,
+    simulate_cached,
+    training_line,
+)
+from pleura.experiments.reproduce import INITS, train_variants
 from pleura.labels import DIAGNOSES
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES

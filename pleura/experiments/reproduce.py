@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,14 @@ import numpy as np
 
 from pleura.atomic import write_json, write_text
 from pleura.evaluate.cls import evaluate_classification
-from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, mean_std, newer, run_experiment
+from pleura.experiments.dense_vs_sparse import (
+    DenseVsSparseConfig,
+    mean_std,
+    newer,
+    recorded_seconds,
+    run_experiment,
+    training_line,
+)
 from pleura.train.cls import ClsTrainConfig, train_kfold
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
@@ -71,16 +77,13 @@ def run_reproduce(
         for init, run in runs.items():
             evals[init].append(json.loads((run / "eval.json").read_text()))
     table = classification_table(evals)
-    seg_runs = [
-        out / "segmentation" / "runs" / f"{s}-seed{seed}" for seed in cfg.seg.seeds for s in ("dense", "sparse")
-    ]
     cls_runs = {i: [out / "classification" / f"{i}-seed{seed}" for seed in cfg.seg.seeds] for i in INITS}
     results = {
         "config": asdict(cfg),
         "segmentation": {k: seg[k] for k in ("table", "paired")},
         "classification": table,
         "training_s": {
-            "segmentation": recorded_seconds(seg_runs),
+            **seg["training_s"],
             **{i: recorded_seconds(f for r in runs for f in sorted(r.glob("fold*"))) for i, runs in cls_runs.items()},
         },
         "seconds": time.perf_counter() - start,
@@ -94,22 +97,6 @@ def run_reproduce(
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_markdown(results, cfg))
     return results
-
-
-def recorded_seconds(runs: Iterable[Path]) -> float:
-    """Training seconds recorded in the runs' ``summary.json`` files, summed: what a study cost even when
-    its report is rebuilt from cached stages or an interrupted run was resumed."""
-    return sum(json.loads((r / "summary.json").read_text()).get("seconds", 0.0) for r in runs
-               if (r / "summary.json").exists())  # fmt: skip
-
-
-def training_line(results: dict[str, Any]) -> str:
-    """The report sentence on cost: ``results["training_s"]`` per stage and this invocation's wall time."""
-    stages = ", ".join(f"{k} {v / 60:.1f} min" for k, v in results["training_s"].items())
-    return (
-        f"Training time recorded by the stages: {stages} (this invocation: {results['seconds'] / 60:.1f} min; "
-        "stages found in the cache are reused)."
-    )
 
 
 def train_variants(

@@ -30,3 +30,5 @@ def test_reproduce_runs_end_to_end_and_links_only_existing_files(tmp_path):
     assert "Training time recorded by the stages: segmentation" in report
     again = run_reproduce(tmp_path, cfg, DistEnv())  # every stage cached: nothing retrains
     assert again["training_s"] == results["training_s"] and again["seconds"] < results["seconds"]
+    seg_report = (tmp_path / "segmentation" / "report.md").read_text()  # rewritten by the cached call
+    assert f"segmentation {results['training_s']['segmentation'] / 60:.1f} min" in seg_report
