@@ -298,6 +298,17 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that reprod
 app.add_typer(experiment_app, name="experiment")
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` as a tuple of distinct integers (one error line otherwise)."""
+    try:
+        seeds = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        fail(f"--seeds must be comma-separated integers, got {text!r}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        fail(f"--seeds needs at least one seed and no seed twice, got {text!r}")
+    return seeds
+
+
 @experiment_app.command("dense-vs-sparse")
 def dense_vs_sparse(
     out: Path = typer.Option(..., "--out", help="Experiment folder (data, runs, report.md, figures)."),
@@ -313,14 +324,8 @@ def dense_vs_sparse(
     from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
     from pleura.train.distributed import init_distributed
 
-    try:
-        seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
-    except ValueError:
-        fail(f"--seeds must be comma-separated integers, got {seeds!r}")
-    if not seed_list:
-        fail("--seeds needs at least one seed")
     cfg = DenseVsSparseConfig(
-        seeds=seed_list, epochs=epochs, train_clips=train_clips, test_clips=test_clips, size=size, width=width
+        seeds=_seed_list(seeds), epochs=epochs, train_clips=train_clips, test_clips=test_clips, size=size, width=width
     )
     try:
         env = init_distributed(device)
@@ -368,13 +373,20 @@ def pocus_experiment(
 def reproduce(
     out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Output folder (stages are cached there)."),
     quick: bool = typer.Option(False, "--quick", help="The 10-minute CPU budget (one seed, 3 folds)."),
+    seeds: str = typer.Option(
+        None, "--seeds", help="Comma-separated seeds (default 0,1,2; --quick: 0). Cached seeds are reused."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """The seed paper end to end on simulated data: segmentation, dense vs sparse, reverse transfer, report."""
+    from dataclasses import replace
+
     from pleura.experiments.reproduce import ReproduceConfig, run_reproduce
     from pleura.train.distributed import init_distributed
 
     cfg = ReproduceConfig.quick() if quick else ReproduceConfig.full()
+    if seeds is not None:
+        cfg = replace(cfg, seg=replace(cfg.seg, seeds=_seed_list(seeds)))
     try:
         env = init_distributed(device)
         with progress_bar() as bar:

@@ -32,3 +32,14 @@ def test_reproduce_runs_end_to_end_and_links_only_existing_files(tmp_path):
     assert again["training_s"] == results["training_s"] and again["seconds"] < results["seconds"]
     seg_report = (tmp_path / "segmentation" / "report.md").read_text()  # rewritten by the cached call
     assert f"segmentation {results['training_s']['segmentation'] / 60:.1f} min" in seg_report
+
+
+def test_reproduce_cli_refuses_bad_seeds_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from pleura.cli import app
+
+    for bad, why in (("0,x", "comma-separated integers"), ("1,1", "no seed twice"), (",", "at least one seed")):
+        got = CliRunner().invoke(app, ["reproduce", "--quick", "--seeds", bad, "--out", str(tmp_path / "r")])
+        assert got.exit_code == 2 and why in got.output, got.output
+    assert not (tmp_path / "r").exists()
