@@ -39,7 +39,6 @@ from pleura.atomic import write_json  # noqa: E402
 
 PROB_TOL = 0.05  # bfloat16 autocast against float32: largest calibrated-probability difference allowed
 AGREE_MIN = 0.95  # share of frames whose diagnosis must agree between CUDA and CPU
-GPU = "cuda"  # the device under test ("cpu" with --smoke-cpu)
 
 
 def cli(*args: str) -> float:
@@ -54,13 +53,13 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
-def seg_run(data: Path, out: Path, device: str, epochs: int) -> dict:
+def seg_run(data: Path, out: Path, label: str, device: str, epochs: int) -> dict:
     """Train a dense U-Net on ``device``; its losses, best validation score, images/s and wall time."""
     seconds = cli("train-seg", "--data", str(data), "--out", str(out), "--epochs", str(epochs), "--width", "16",
-                  "--patience", "100", "--device", device.replace("cuda", GPU), "--workers", "4")  # fmt: skip
+                  "--patience", "100", "--device", device, "--workers", "4")  # fmt: skip
     h = history(out)
     return {
-        "device": device,
+        "device": label,
         "seconds": round(seconds, 1),
         "train_loss": [round(r["train_loss"], 4) for r in h],
         "finite": all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in h),
@@ -77,14 +76,14 @@ def predicted(folder: Path) -> dict[tuple[str, int], tuple[str, list[float]]]:
     return {(r["file"], int(r["frame"])): (r["diagnosis"], [float(r[k]) for k in keys]) for r in rows}
 
 
-def engine_speed(widths: list[int], batches: list[int], size: int = 256, reps: int = 20) -> list[dict]:
-    """TorchEngine frames/s on CUDA (bfloat16 autocast) for freshly built classifiers."""
+def engine_speed(device: str, widths: list[int], batches: list[int], size: int = 256, reps: int = 20) -> list[dict]:
+    """TorchEngine frames/s on ``device`` (on CUDA under bfloat16 autocast) for freshly built classifiers."""
     from pleura.infer import TorchEngine
     from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
 
     rows = []
     for w in widths:
-        model = ReverseTransferClassifier(UNet(UNetConfig(width=w, num_classes=8, schema="dense"))).to(GPU)
+        model = ReverseTransferClassifier(UNet(UNetConfig(width=w, num_classes=8, schema="dense"))).to(device)
         engine = TorchEngine(model, image_size=size)
         for b in batches:
             x = torch.rand(b, 1, size, size).numpy()
@@ -105,12 +104,11 @@ def main() -> None:
     ap.add_argument("--no-reproduce", action="store_true", help="skip step 5")
     ap.add_argument("--smoke-cpu", action="store_true", help="run every step on the CPU (tests this script only)")
     args = ap.parse_args()
-    global GPU
-    GPU = "cpu" if args.smoke_cpu else "cuda"
-    if GPU == "cuda" and not torch.cuda.is_available():
+    on = {"cuda": "cpu" if args.smoke_cpu else "cuda", "cpu": "cpu"}  # the device each labelled step runs on
+    if not args.smoke_cpu and not torch.cuda.is_available():
         sys.exit("bench_cuda: torch sees no CUDA device; run this on a GPU machine")
     work = Path(tempfile.mkdtemp(prefix="pleura-cuda-"))
-    gpu_name = torch.cuda.get_device_name() if GPU == "cuda" else "no GPU (--smoke-cpu)"
+    gpu_name = torch.cuda.get_device_name() if not args.smoke_cpu else "no GPU (--smoke-cpu)"
     res: dict = {
         "machine": f"{gpu_name}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
         "torch": torch.__version__,
@@ -125,14 +123,14 @@ def main() -> None:
     res["simulate_s"] = round(cli("simulate", "--out", str(data), "--n", "60", "--frames", "2", "--size", "128"), 1)
     save()
 
-    res["train_seg"] = [seg_run(data, work / f"seg-{d}", d, args.epochs) for d in ("cuda", "cpu")]
+    res["train_seg"] = [seg_run(data, work / f"seg-{d}", d, on[d], args.epochs) for d in ("cuda", "cpu")]
     res["checks"]["train_seg_finite"] = all(r["finite"] for r in res["train_seg"])
     save()
 
     cls = work / "cls"
     res["train_cls_s"] = round(cli("train-cls", "--data", str(data), "--out", str(cls), "--init",
                                    f"dense:{work / 'seg-cuda'}", "--folds", "2", "--group", "clip_id",
-                                   "--epochs", "3", "--device", GPU), 1)  # fmt: skip
+                                   "--epochs", "3", "--device", on["cuda"]), 1)  # fmt: skip
     cli("eval-cls", "--run", str(cls), "--n-boot", "100")
     res["eval_cls_frame_balanced_accuracy"] = json.loads((cls / "eval.json").read_text())["frame"]["folds"][
         "balanced_accuracy"
@@ -145,7 +143,7 @@ def main() -> None:
     got = {}
     for d in ("cuda", "cpu"):
         cli("predict", *map(str, images), "--model", str(model), "--engine", "torch",
-            "--device", d.replace("cuda", GPU), "--out", str(work / f"pred-{d}"), "--no-video")  # fmt: skip
+            "--device", on[d], "--out", str(work / f"pred-{d}"), "--no-video")  # fmt: skip
         got[d] = predicted(work / f"pred-{d}")
     same = [k for k in got["cpu"] if k in got["cuda"]]
     diff = max(abs(a - b) for k in same for a, b in zip(got["cuda"][k][1], got["cpu"][k][1], strict=True))
@@ -154,12 +152,12 @@ def main() -> None:
     res["checks"]["predict_matches_cpu"] = len(same) == len(images) and diff <= PROB_TOL and agree >= AGREE_MIN
     save()
 
-    res["engine_cuda_256"] = engine_speed([4, 8, 16], [1, 8, 32], reps=2 if args.smoke_cpu else 20)
+    res["engine_cuda_256"] = engine_speed(on["cuda"], [4, 8, 16], [1, 8, 32], reps=2 if args.smoke_cpu else 20)
     save()
 
     if not args.no_reproduce:
         res["reproduce_quick_cuda_s"] = round(
-            cli("reproduce", "--quick", "--device", GPU, "--out", str(work / "rep")), 1
+            cli("reproduce", "--quick", "--device", on["cuda"], "--out", str(work / "rep")), 1
         )
         res["reproduce_report"] = (work / "rep" / "report.md").read_text()[:4000]
         save()
