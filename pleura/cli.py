@@ -252,6 +252,28 @@ def eval_cls(
     typer.echo((run / "eval.md").read_text())
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w4-128.safetensors"
+
+
+@app.command("eval-model")
+def eval_model(
+    data: Path = typer.Option(..., "--data", help="Labelled manifest dataset the model never saw."),
+    out: Path = typer.Option(..., "--out", help="Folder for predictions, eval.json, eval.md and figures."),
+    model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Model file (pleura export model)."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+) -> None:
+    """External validation: score a model file on another labelled dataset (calibration and OOD included)."""
+    from pleura.evaluate.external import evaluate_model
+
+    if not model.is_file():
+        fail(f"{model}: model file not found; pass --model FILE (pleura export model writes one)")
+    try:
+        evaluate_model(model, data, out, n_boot=n_boot)
+    except (ValueError, OSError) as e:
+        fail(str(e))
+    typer.echo((out / "eval.md").read_text())
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Bring real data in: import datasets into manifest folders.")
 app.add_typer(data_app, name="data")
 DEFAULT_POCUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pocus"
@@ -458,9 +480,6 @@ def _inputs(paths: list[Path]) -> list[Path]:
         else:
             fail(f"{p}: no such file or folder")
     return files
-
-
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w4-128.safetensors"
 
 
 @app.command()

@@ -25,6 +25,19 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def bundle(sim_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier trained on the simulated set (2 folds, 1 epoch), bundled."""
+    from pleura.infer.bundle import export_bundle
+    from pleura.train.cls import ClsTrainConfig, train_kfold
+    from pleura.train.distributed import DistEnv
+
+    run = tmp_path_factory.mktemp("cls") / "run"
+    train_kfold(ClsTrainConfig(epochs=1, batch_size=8, width=4, depth=2), sim_dataset, run, DistEnv(), folds=2)
+    path, _ = export_bundle(run, run.parent / "model.safetensors", ood_frames=36)
+    return path
+
+
 def _torchrun_cpu(*pleura_args: str, nproc: int = 2, timeout: int = 600) -> None:
     """Run ``pleura ARGS`` under torchrun with ``nproc`` CPU processes (gloo); fail with its stderr."""
     cmd = [

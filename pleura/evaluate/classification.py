@@ -374,13 +374,16 @@ def summarise_folds(
 
 
 def metrics_table(summary: dict[str, dict[str, Any]], digits: int = 4) -> str:
-    """Markdown table ``| metric | mean ± std |`` of a :func:`summarise_folds` result; ``n/a`` where undefined."""
+    """Markdown table ``| metric | mean ± std |`` of a :func:`summarise_folds` result; ``n/a`` where undefined.
+    A summary of one fold (an external test set) has no spread: the table gives ``| metric | value |``."""
 
     def fmt(x: float) -> str:
         return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
-    rows = ["| metric | mean ± std |", "| --- | --- |"]
+    single = all(s.get("n", 2) <= 1 for s in summary.values())
+    rows = ["| metric | value |" if single else "| metric | mean ± std |", "| --- | --- |"]
     for key, s in summary.items():
-        cell = "n/a" if math.isnan(s["mean"]) else f"{fmt(s['mean'])} ± {fmt(s['std'])}"
+        spread = "" if single else f" ± {fmt(s['std'])}"
+        cell = "n/a" if math.isnan(s["mean"]) else f"{fmt(s['mean'])}{spread}"
         rows.append(f"| {key} | {cell} |")
     return "\n".join(rows)

@@ -113,8 +113,19 @@ def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) 
     files = sorted(run.glob("fold*/test_predictions.csv"))
     if not files:
         raise ValueError(f"{run}: no fold*/test_predictions.csv; run train-cls with --folds first")
+    return evaluate_predictions(files, run, f"run `{run}`, {len(files)} folds", n_boot, seed, run=str(run))
+
+
+def evaluate_predictions(
+    files: list[Path], out: Path, title: str, n_boot: int = 1000, seed: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """Score prediction CSVs (one per fold, or one external set) into ``out``'s eval.json and eval.md.
+
+    Metrics per file and their mean ± std, pooled metrics with patient-bootstrap 95% intervals, and the
+    biomarkers by true diagnosis; ``extra`` items are stored in the result as they are.
+    """
     folds = [read_predictions(f) for f in files]
-    result: dict[str, Any] = {"run": str(run), "folds": len(folds), "class_names": list(DIAGNOSES)}
+    result: dict[str, Any] = {**extra, "title": title, "folds": len(folds), "class_names": list(DIAGNOSES)}
     for level in ("frame", "clip"):
         per_fold = [classification_metrics(*_levels(p)[level][:2]) for p in folds]
         pooled = {k: np.concatenate([_levels(p)[level][i] for p in folds]) for i, k in enumerate(("y", "prob", "g"))}
@@ -125,23 +136,26 @@ def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) 
         }
         result[level] = {"per_fold": per_fold, "folds": summarise_folds(per_fold), "pooled": overall, "ci95": ci}
     result["biomarkers_by_diagnosis"] = biomarkers_by_diagnosis(folds)
-    write_clip_biomarkers(folds, run / "clip_biomarkers.csv")
-    write_json(run / "eval.json", result)
-    write_text(run / "eval.md", eval_markdown(result))
+    write_clip_biomarkers(folds, out / "clip_biomarkers.csv")
+    write_json(out / "eval.json", result)
+    write_text(out / "eval.md", eval_markdown(result))
     return result
 
 
 def eval_markdown(result: dict[str, Any]) -> str:
     """The evaluation as markdown: fold summaries, pooled intervals and confusion matrices."""
-    lines = [f"# Classification evaluation\n\nrun `{result['run']}`, {result['folds']} folds\n"]
+    title = result.get("title") or f"run `{result['run']}`, {result['folds']} folds"
+    lines = [f"# Classification evaluation\n\n{title}\n"]
     for level in ("frame", "clip"):
         r = result[level]
-        lines.append(f"## {level.capitalize()} level (mean ± std over folds)\n")
+        over = " (mean ± std over folds)" if result["folds"] > 1 else ""
+        lines.append(f"## {level.capitalize()} level{over}\n")
         lines.append(metrics_table(r["folds"]))
         ci = r["ci95"]
         pooled = r["pooled"]
+        scope = "Pooled over folds" if result["folds"] > 1 else f"All {level}s"
         lines.append(
-            f"\nPooled over folds: accuracy {pooled['accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f}-"
+            f"\n{scope}: accuracy {pooled['accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f}-"
             f"{ci['accuracy'][1]:.3f}), balanced accuracy {pooled['balanced_accuracy']:.3f} (95% CI "
             f"{ci['balanced_accuracy'][0]:.3f}-{ci['balanced_accuracy'][1]:.3f}); bootstrap over patients.\n"
         )

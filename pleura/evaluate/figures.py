@@ -209,7 +209,10 @@ def roc_points(is_positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, 
 
 
 def roc_figure(runs: dict[str, Path], path: str | Path) -> Path:
-    """Frame-level one-vs-rest ROC curves per class, one line per model, pooled over folds."""
+    """Frame-level one-vs-rest ROC curves per class, one line per model, pooled over folds.
+
+    ``runs`` maps a name to a ``train-cls`` run (its ``fold*/test_predictions.csv``) or to one predictions CSV.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +224,8 @@ def roc_figure(runs: dict[str, Path], path: str | Path) -> Path:
 
     fig, axes = plt.subplots(1, len(DIAGNOSES), figsize=(3.4 * len(DIAGNOSES), 3.3), squeeze=False)
     for name, run in runs.items():
-        preds = [read_predictions(f) for f in sorted(Path(run).glob("fold*/test_predictions.csv"))]
+        files = [Path(run)] if Path(run).suffix == ".csv" else sorted(Path(run).glob("fold*/test_predictions.csv"))
+        preds = [read_predictions(f) for f in files]
         y = np.concatenate([p["label"] for p in preds])
         prob = np.concatenate([p["prob"] for p in preds])
         for k, ax in enumerate(axes[0]):

@@ -19,19 +19,7 @@ from typer.testing import CliRunner
 
 from pleura.cli import app
 from pleura.data import read_manifest
-from pleura.infer.bundle import export_bundle
 from pleura.infer.predictor import Predictor
-from pleura.train.cls import ClsTrainConfig, train_kfold
-from pleura.train.distributed import DistEnv
-
-
-@pytest.fixture(scope="module")
-def bundle(sim_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny classifier trained on the simulated set (2 folds, 1 epoch), bundled."""
-    run = tmp_path_factory.mktemp("cls") / "run"
-    train_kfold(ClsTrainConfig(epochs=1, batch_size=8, width=4, depth=2), sim_dataset, run, DistEnv(), folds=2)
-    path, _ = export_bundle(run, run.parent / "model.safetensors", ood_frames=36)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""``eval-model``: external validation of an exported model on a labelled dataset it never saw.
+
+Cross-validation (``eval-cls``) measures a model on held-out patients of its own dataset; a clinical claim
+needs it measured on another one (another site, device, probe, or the simulator against real frames). This
+scores a model file (``pleura export model``) on every frame of a manifest dataset, exactly as ``eval-cls``
+scores a fold: the file's temperature applied, frame and clip (mean of frames) metrics with
+patient-bootstrap 95% intervals, biomarkers by diagnosis. It adds what transfer costs: the expected
+calibration error with and without the temperature, and how many frames the file's out-of-distribution
+detector flags, with the balanced accuracy of the frames it lets through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from pleura.atomic import write_text
+from pleura.data import read_manifest
+from pleura.data.cleaning import clean_clip
+from pleura.data.dataset import image_size
+from pleura.evaluate.calibration import expected_calibration_error, scale_probabilities
+from pleura.evaluate.classification import balanced_accuracy
+from pleura.evaluate.cls import eval_markdown, evaluate_predictions
+from pleura.infer.ood import OODDetector
+from pleura.labels import DIAGNOSES
+
+
+def evaluate_model(
+    model_path: str | Path, data: str | Path, out: str | Path, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Score ``model_path`` on every frame of ``data``; writes predictions, eval.json, eval.md and figures.
+
+    Raises:
+        ValueError: before any prediction, if the file is not a classifier of the three diagnoses, the
+            dataset holds a diagnosis it does not know, or its frames are not the size the model expects.
+    """
+    from pleura.models import ReverseTransferClassifier, load_model
+    from pleura.train.cls import check_labels, predict_rows, write_predictions
+
+    model_path, data, out = Path(model_path), Path(data), Path(out)
+    model, meta = load_model(model_path)
+    if not isinstance(model, ReverseTransferClassifier):
+        raise ValueError(f"{model_path}: a {type(model).__name__}, not a classifier; export a train-cls run")
+    if tuple(model.config.class_names) != DIAGNOSES:
+        raise ValueError(f"{model_path}: classes {model.config.class_names}, expected {list(DIAGNOSES)}")
+    rows = read_manifest(data)
+    check_labels(rows, data)
+    side = int((meta.get("image_size") or [0])[0])
+    got = image_size(data, rows)
+    if side and got != (side, side):
+        raise ValueError(
+            f"{data}: frames are {got[0]}x{got[1]} px, {model_path.name} expects {side}x{side}; "
+            f"import or simulate the data at --size {side}"
+        )
+    preds = predict_rows(model, data, rows)
+    raw = np.array([[p[f"p_{c}"] for c in DIAGNOSES] for p in preds])
+    y = np.array([p["label"] for p in preds])
+    temperature = float(meta.get("temperature", 1.0))
+    prob = scale_probabilities(raw, temperature)
+    ood = _ood_flags(meta, data, rows, side or got[0])
+    for p, q, flag in zip(preds, prob, ood, strict=True):
+        p.update({f"p_{c}": float(q[k]) for k, c in enumerate(DIAGNOSES)}, ood=bool(flag))
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "test_predictions.csv"
+    write_predictions(csv_path, preds)
+    keep = ~ood
+    transfer = {
+        "temperature": temperature,
+        "ece_uncalibrated": expected_calibration_error(raw, y),
+        "ece_calibrated": expected_calibration_error(prob, y),
+        "ood_frames": int(ood.sum()),
+        "frames": len(y),
+        "in_distribution_balanced_accuracy": balanced_accuracy(y[keep], prob[keep]) if keep.any() else float("nan"),
+    }
+    title = (
+        f"model `{model_path}` on `{data}` (external validation): {len(y)} frames, "
+        f"{len({r['clip_id'] for r in rows})} clips, {len({r['patient_id'] for r in rows})} patients"
+    )
+    result = evaluate_predictions(
+        [csv_path], out, title, n_boot, seed, model=str(model_path), data=str(data), transfer=transfer
+    )
+    from pleura.evaluate.figures import confusion_figure, roc_figure
+
+    name = model_path.stem
+    confusion_figure({name: result}, out / "confusion.png")
+    roc_figure({name: csv_path}, out / "roc.png")
+    write_text(out / "eval.md", external_markdown(result))  # eval-cls's markdown, plus transfer and figures
+    return result
+
+
+def _ood_flags(meta: dict[str, Any], data: Path, rows: list[dict[str, str]], side: int) -> np.ndarray:
+    """Each frame's out-of-distribution flag from the file's detector (all False if it has none); frames
+    are cleaned as ``predict`` cleans them, the way the detector was fitted."""
+    if "ood" not in meta:
+        return np.zeros(len(rows), bool)
+    detector = OODDetector.from_dict(meta["ood"])
+    frames = (clean_clip(np.asarray(Image.open(data / r["image"]).convert("L")), side)[0][0] for r in rows)
+    return np.array([detector.flag(f)[0] for f in frames], bool)
+
+
+def external_markdown(result: dict[str, Any]) -> str:
+    """``eval-cls``'s markdown with the transfer section and the figures."""
+    t = result["transfer"]
+    lines = [
+        eval_markdown(result).rstrip("\n"),
+        "",
+        "## Transfer",
+        "",
+        f"- Expected calibration error: {t['ece_uncalibrated']:.3f} without the file's temperature, "
+        f"{t['ece_calibrated']:.3f} with it (T = {t['temperature']:.3f}, fitted on the source data's held-out "
+        "frames).",
+        f"- Out of distribution: {t['ood_frames']} of {t['frames']} frames flagged by the file's detector; "
+        f"frame balanced accuracy of the others {t['in_distribution_balanced_accuracy']:.3f}.",
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+        "![ROC curves](roc.png)",
+        "",
+    ]
+    return "\n".join(lines)
