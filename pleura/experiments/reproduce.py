@@ -30,6 +30,7 @@ from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
 
 INITS = ("dense", "sparse", "scratch")
+PAIRS = (("dense", "sparse"), ("dense", "scratch"), ("sparse", "scratch"))  # the seed paper's ranking, pairwise
 HEADLINE = (
     ("frame", "balanced_accuracy"),
     ("frame", "macro_roc_auc"),
@@ -77,11 +78,13 @@ def run_reproduce(
         for init, run in runs.items():
             evals[init].append(json.loads((run / "eval.json").read_text()))
     table = classification_table(evals)
+    paired = {f"{a}-{b}": paired_differences(evals, a, b) for a, b in PAIRS}
     cls_runs = {i: [out / "classification" / f"{i}-seed{seed}" for seed in cfg.seg.seeds] for i in INITS}
     results = {
         "config": asdict(cfg),
         "segmentation": {k: seg[k] for k in ("table", "paired")},
         "classification": table,
+        "paired": paired,
         "training_s": {
             **seg["training_s"],
             **{i: recorded_seconds(f for r in runs for f in sorted(r.glob("fold*"))) for i, runs in cls_runs.items()},
@@ -168,6 +171,34 @@ def classification_table(evals: dict[str, list[dict[str, Any]]]) -> dict[str, di
     return table
 
 
+def paired_differences(
+    evals: dict[str, list[dict[str, Any]]], a: str, b: str, level: str = "frame", metric: str = "balanced_accuracy"
+) -> dict[str, Any]:
+    """Differences ``a - b`` of a metric, fold by fold: within a seed every variant is scored on the same
+    folds (the split depends on the seed only), so the comparison is paired. Seeds are the independent
+    replicates; folds of one seed share most of their training data."""
+    folds: list[float] = []
+    per_seed: list[float] = []
+    for ea, eb in zip(evals[a], evals[b], strict=True):
+        va, vb = (e[level]["folds"][metric]["values"] for e in (ea, eb))
+        d = [x - y for x, y in zip(va, vb, strict=True) if x is not None and y is not None]
+        d = [v for v in d if np.isfinite(v)]
+        folds += d
+        per_seed.append(float(np.mean(d)) if d else float("nan"))
+    m, sd = mean_std(per_seed)
+    return {
+        "metric": f"{level}_{metric}",
+        "seed_differences": per_seed,
+        "mean": m,
+        "std_over_seeds": sd,
+        "seeds_higher": sum(v > 0 for v in per_seed),
+        "seeds": len(per_seed),
+        "folds_higher": sum(v > 0 for v in folds),
+        "folds_tied": sum(v == 0 for v in folds),
+        "folds": len(folds),
+    }
+
+
 def _cell(c: dict[str, Any], n_seeds: int) -> str:
     if c["mean"] is None or not np.isfinite(c["mean"]):
         return "n/a"
@@ -215,6 +246,17 @@ def report_markdown(results: dict[str, Any], cfg: ReproduceConfig) -> str:
         f"Ranking by frame-level balanced accuracy, as measured: {' > '.join(ranking)}. The gap between the "
         f"first two is {gap:.3f}, " + ("larger" if gap > sd else "not larger") + f" than their spread ({sd:.3f}).",
         "The seed paper's ranking is dense > sparse > scratch.",
+        "",
+        "Paired differences of frame balanced accuracy (every variant of a seed is scored on the same folds; "
+        "mean ± standard deviation over seeds of each seed's mean difference):",
+        "",
+        "| comparison | difference | higher in seeds | higher in folds (ties) |",
+        "|---|---|---|---|",
+        *(
+            f"| {k.replace('-', ' - ')} | {d['mean']:+.3f} ± {d['std_over_seeds']:.3f} | {d['seeds_higher']} of "
+            f"{d['seeds']} | {d['folds_higher']} of {d['folds']} ({d['folds_tied']}) |"
+            for k, d in results["paired"].items()
+        ),
         "",
         "## 3. Figures",
         "",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig
-from pleura.experiments.reproduce import INITS, ReproduceConfig, run_reproduce
+from pleura.experiments.reproduce import INITS, ReproduceConfig, paired_differences, run_reproduce
 from pleura.train.distributed import DistEnv
 
 
@@ -22,6 +24,7 @@ def test_reproduce_runs_end_to_end_and_links_only_existing_files(tmp_path):
     for link in re.findall(r"\]\(([^)]+)\)", (tmp_path / "segmentation" / "report.md").read_text()):
         assert (tmp_path / "segmentation" / link).exists(), link
     assert set(results["classification"]) == set(INITS)
+    assert results["paired"]["dense-sparse"]["folds"] == 3 and "| dense - sparse |" in report
     for init in INITS:
         assert (tmp_path / "classification" / f"{init}-seed0" / "eval.json").exists()
     # the training time every stage recorded is summed, so a resumed or cached study still states its cost
@@ -43,3 +46,15 @@ def test_reproduce_cli_refuses_bad_seeds_before_any_work(tmp_path):
         got = CliRunner().invoke(app, ["reproduce", "--quick", "--seeds", bad, "--out", str(tmp_path / "r")])
         assert got.exit_code == 2 and why in got.output, got.output
     assert not (tmp_path / "r").exists()
+
+
+def test_paired_differences_pair_folds_within_each_seed():
+    def ev(*values):
+        return {"frame": {"folds": {"balanced_accuracy": {"values": list(values)}}}}
+
+    evals = {"dense": [ev(0.6, 0.7, 0.5), ev(0.9, 0.4, 0.4)], "sparse": [ev(0.5, 0.7, 0.4), ev(0.5, 0.5, 0.5)]}
+    d = paired_differences(evals, "dense", "sparse")
+    assert d["seed_differences"] == pytest.approx([0.2 / 3, 0.2 / 3])
+    assert d["mean"] == pytest.approx(0.2 / 3) and d["std_over_seeds"] == pytest.approx(0.0)
+    assert (d["folds_higher"], d["folds_tied"], d["folds"]) == (3, 1, 6)
+    assert (d["seeds_higher"], d["seeds"]) == (2, 2)
