@@ -9,6 +9,7 @@ resample whole patients. Writes ``RUN/eval.json`` and ``RUN/eval.md``.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,19 @@ def evaluate_classification(run: str | Path, n_boot: int = 1000, seed: int = 0) 
 
 
 def evaluate_predictions(
-    files: list[Path], out: Path, title: str, n_boot: int = 1000, seed: int = 0, **extra: Any
+    files: list[Path],
+    out: Path,
+    title: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    markdown: Callable[[dict[str, Any]], str] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Score prediction CSVs (one per fold, or one external set) into ``out``'s eval.json and eval.md.
 
     Metrics per file and their mean ± std, pooled metrics with patient-bootstrap 95% intervals, and the
-    biomarkers by true diagnosis; ``extra`` items are stored in the result as they are.
+    biomarkers by true diagnosis; ``extra`` items are stored in the result as they are. ``markdown``
+    renders eval.md (default :func:`eval_markdown`).
     """
     folds = [read_predictions(f) for f in files]
     result: dict[str, Any] = {**extra, "title": title, "folds": len(folds), "class_names": list(DIAGNOSES)}
@@ -138,7 +146,7 @@ def evaluate_predictions(
     result["biomarkers_by_diagnosis"] = biomarkers_by_diagnosis(folds)
     write_clip_biomarkers(folds, out / "clip_biomarkers.csv")
     write_json(out / "eval.json", result)
-    write_text(out / "eval.md", eval_markdown(result))
+    write_text(out / "eval.md", (markdown or eval_markdown)(result))
     return result
 
 

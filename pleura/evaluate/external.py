@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pleura.atomic import write_text
+from pleura.atomic import staged_folder
 from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
 from pleura.data.dataset import image_size
@@ -29,18 +29,29 @@ from pleura.labels import DIAGNOSES
 
 
 def evaluate_model(
-    model_path: str | Path, data: str | Path, out: str | Path, n_boot: int = 1000, seed: int = 0
+    model_path: str | Path,
+    data: str | Path,
+    out: str | Path,
+    n_boot: int = 1000,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score ``model_path`` on every frame of ``data``; writes predictions, eval.json, eval.md and figures.
 
+    ``out`` is built under a temporary name and renamed when complete, so a failed run leaves the old
+    folder as it was.
+
     Raises:
         ValueError: before any prediction, if the file is not a classifier of the three diagnoses, the
-            dataset holds a diagnosis it does not know, or its frames are not the size the model expects.
+            dataset holds a diagnosis it does not know, its frames are not the size the model expects,
+            or ``out`` is a non-empty folder and ``overwrite`` is not set.
     """
     from pleura.models import ReverseTransferClassifier, load_model
-    from pleura.train.cls import check_labels, predict_rows, write_predictions
+    from pleura.train.cls import check_labels
 
     model_path, data, out = Path(model_path), Path(data), Path(out)
+    if n_boot < 1:
+        raise ValueError(f"--n-boot should be at least 1, got {n_boot}")
     model, meta = load_model(model_path)
     if not isinstance(model, ReverseTransferClassifier):
         raise ValueError(f"{model_path}: a {type(model).__name__}, not a classifier; export a train-cls run")
@@ -55,15 +66,25 @@ def evaluate_model(
             f"{data}: frames are {got[0]}x{got[1]} px, {model_path.name} expects {side}x{side}; "
             f"import or simulate the data at --size {side}"
         )
+    with staged_folder(out, overwrite=overwrite) as tmp:
+        return _evaluate(model, meta, model_path, data, rows, tmp, side or got[0], n_boot, seed)
+
+
+def _evaluate(
+    model: Any, meta: dict[str, Any], model_path: Path, data: Path, rows: list[dict[str, str]], out: Path,
+    side: int, n_boot: int, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The scoring of :func:`evaluate_model`, written into ``out`` (its staged folder)."""
+    from pleura.train.cls import predict_rows, write_predictions
+
     preds = predict_rows(model, data, rows)
     raw = np.array([[p[f"p_{c}"] for c in DIAGNOSES] for p in preds])
     y = np.array([p["label"] for p in preds])
     temperature = float(meta.get("temperature", 1.0))
     prob = scale_probabilities(raw, temperature)
-    ood = _ood_flags(meta, data, rows, side or got[0])
+    ood = _ood_flags(meta, data, rows, side)
     for p, q, flag in zip(preds, prob, ood, strict=True):
         p.update({f"p_{c}": float(q[k]) for k, c in enumerate(DIAGNOSES)}, ood=bool(flag))
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "test_predictions.csv"
     write_predictions(csv_path, preds)
     keep = ~ood
@@ -80,14 +101,13 @@ def evaluate_model(
         f"{len({r['clip_id'] for r in rows})} clips, {len({r['patient_id'] for r in rows})} patients"
     )
     result = evaluate_predictions(
-        [csv_path], out, title, n_boot, seed, model=str(model_path), data=str(data), transfer=transfer
-    )
+        [csv_path], out, title, n_boot, seed, markdown=external_markdown,
+        model=str(model_path), data=str(data), transfer=transfer,
+    )  # fmt: skip
     from pleura.evaluate.figures import confusion_figure, roc_figure
 
-    name = model_path.stem
-    confusion_figure({name: result}, out / "confusion.png")
-    roc_figure({name: csv_path}, out / "roc.png")
-    write_text(out / "eval.md", external_markdown(result))  # eval-cls's markdown, plus transfer and figures
+    confusion_figure({model_path.stem: result}, out / "confusion.png")
+    roc_figure({model_path.stem: csv_path}, out / "roc.png")
     return result
 
 

@@ -85,3 +85,20 @@ def test_cli_prints_the_report_and_one_error_line(bundle: Path, external: Path, 
         app, ["eval-model", "--model", str(tmp_path / "none.safetensors"), "--data", str(external), "--out", "x"]
     )
     assert missing.exit_code == 2 and "model file not found" in missing.output
+
+
+def test_keeps_an_earlier_evaluation_unless_told_to_replace_it(bundle: Path, external: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "mine.txt").write_text("earlier work")
+    with pytest.raises(ValueError, match="output folder is not empty; pass --overwrite"):
+        evaluate_model(bundle, external, out, n_boot=10)
+    assert (out / "mine.txt").read_text() == "earlier work"
+    evaluate_model(bundle, external, out, n_boot=10, overwrite=True)
+    assert (out / "eval.md").exists() and not (out / "mine.txt").exists()
+    assert not list(tmp_path.glob(".o.*"))  # no staging folder left behind
+    args = ["eval-model", "--model", str(bundle), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")]
+    got = CliRunner().invoke(app, args)
+    assert got.exit_code == 2 and "nope" in got.output
+    with pytest.raises(ValueError, match="--n-boot should be at least 1"):
+        evaluate_model(bundle, external, tmp_path / "o3", n_boot=0)
