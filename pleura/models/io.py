@@ -2,11 +2,16 @@
 
 ``model.safetensors`` holds the state dict (no pickle, so loading runs no code); ``model.json`` holds::
 
-    {"format": "pleura-model", "format_version": 1, "pleura_version": "0.1.0",
-     "architecture": "unet", "config": {...UNetConfig fields...}, "sha256": "<of the weights file>",
-     "metadata": {...caller's...}}
+    {"format": "pleura-model", "format_version": 2, "pleura_version": "0.3.0",
+     "architecture": "unet", "config": {...UNetConfig fields...}, "metadata": {...caller's...},
+     "sha256": "<digest of the weights file and of every other field of this record>"}
 
-Both files are written atomically (a temporary file in the same folder, then ``os.replace``).
+The digest covers the weights *and* the architecture, config and metadata, so swapping the class names or
+editing the temperature of a saved model is refused like a changed weights file. Loading checks the digest,
+then every known field with bounds, then compares the config with the tensor shapes in the weights file's
+header on a "meta" device (nothing allocated), and only then builds the model: a config asking for a huge
+network is refused before any memory is taken. Both files are written atomically (a temporary file in the
+same folder, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from torch import nn
 from pleura.atomic import write_bytes
 
 FORMAT = "pleura-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the digest covers config and metadata too (version 1 covered only the weights)
+TEMPERATURE_RANGE = (0.01, 100.0)  # a calibration temperature outside this is a broken or edited file
+IMAGE_SIDE_RANGE = (16, 4096)  # frame side a saved model may declare, in pixels
 WEIGHTS_SUFFIX = ".safetensors"
 
 
@@ -74,19 +81,75 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
         "pleura_version": __version__,
         "architecture": names[0],
         "config": model.config.to_dict(),
-        "sha256": hashlib.sha256(blob).hexdigest(),  # of the weights file: a changed or swapped file is refused
         "metadata": metadata or {},
     }
     try:
-        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
+        record = json.loads(json.dumps(record, allow_nan=False))  # as it will be read back (tuples as lists)
     except (TypeError, ValueError) as err:
         raise ValueError(
             f"save_model: metadata should be JSON-serialisable (str, numbers, lists, dicts): {err}"
         ) from None
+    validate_metadata(record["metadata"], record["config"], weights_path.with_suffix(".json"))
+    record["sha256"] = digest(blob, record)  # a changed weights file, config or metadata is refused
+    text = json.dumps(record, indent=2) + "\n"
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(weights_path, blob)
     write_bytes(json_path, text.encode())
     return weights_path
+
+
+def digest(weights: bytes, record: dict) -> str:
+    """SHA-256 over the weights file and the record's fields other than the digest itself, canonically encoded."""
+    fields_ = {k: v for k, v in record.items() if k != "sha256"}
+    canonical = json.dumps(fields_, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    return hashlib.sha256(hashlib.sha256(weights).digest() + canonical).hexdigest()
+
+
+def _number(meta: dict, key: str, low: float, high: float, where: Path) -> None:
+    value = meta.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{where}: metadata {key!r} should be a number in [{low}, {high}], got {value!r}")
+
+
+def validate_metadata(meta: dict, config: dict, where: Path) -> None:
+    """Check the metadata fields pleura itself reads (temperature, class names, schema, image size) with bounds.
+
+    Other keys are the caller's and pass unchecked; a field that disagrees with the config is refused.
+    """
+    _number(meta, "temperature", *TEMPERATURE_RANGE, where)
+    names = meta.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"{where}: metadata 'class_names' should be a list of names, got {names!r}")
+        if "class_names" in config and list(config["class_names"]) != names:
+            raise ValueError(
+                f"{where}: metadata class_names {names} differ from the config's {list(config['class_names'])}"
+            )
+    schema = meta.get("schema")
+    if schema is not None:
+        from pleura.labels import SCHEMAS
+
+        own = (config.get("unet") or config).get("schema")
+        if schema not in SCHEMAS or (own is not None and own != schema):
+            raise ValueError(
+                f"{where}: metadata schema {schema!r} is unknown or differs from the config's {own!r}; "
+                f"schemas: {', '.join(SCHEMAS)}"
+            )
+    size = meta.get("image_size")
+    if size is not None:
+        low, high = IMAGE_SIDE_RANGE
+        if (
+            not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in size)
+        ):
+            raise ValueError(f"{where}: metadata image_size should be [height, width] in {low}..{high}, got {size!r}")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _read_record(json_path: Path) -> dict:
@@ -95,8 +158,8 @@ def _read_record(json_path: Path) -> dict:
             f"{json_path}: model config not found; save_model writes it beside the weights, so copy both files"
         )
     try:
-        record = json.loads(json_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        record = json.loads(json_path.read_text(), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as err:
         raise ValueError(f"{json_path}: not valid JSON ({err})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         got = record.get("format") if isinstance(record, dict) else type(record).__name__
@@ -104,9 +167,10 @@ def _read_record(json_path: Path) -> dict:
     if record.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{json_path}: format_version {record.get('format_version')!r} is not supported; this pleura reads "
-            f"version {FORMAT_VERSION} (the file says pleura {record.get('pleura_version')!r}); use that version"
+            f"version {FORMAT_VERSION} (the file says pleura {record.get('pleura_version')!r}); use that version, "
+            "or export the model again with this one"
         )
-    for key, kind in (("architecture", str), ("config", dict), ("metadata", dict)):
+    for key, kind in (("architecture", str), ("config", dict), ("metadata", dict), ("sha256", str)):
         if not isinstance(record.get(key), kind):
             raise ValueError(f"{json_path}: {key!r} should be a {kind.__name__}, got {record.get(key)!r}")
     return record
@@ -148,12 +212,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         >>> model, meta = load_model("runs/a/model.safetensors")
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     weights_path, json_path = _paths(path)
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: model weights not found")
     record = _read_record(json_path)
+    blob = weights_path.read_bytes()
+    if digest(blob, record) != record["sha256"]:
+        raise ValueError(
+            f"{weights_path}: the weights or {json_path.name} do not match the checksum in {json_path.name} (a file "
+            "was changed or swapped after saving); refusing to load it"
+        )
     registry = _registry()
     if record["architecture"] not in registry:
         raise ValueError(f"{json_path}: unknown architecture {record['architecture']!r}; valid: {', '.join(registry)}")
@@ -166,17 +236,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         config = config_cls(**record["config"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{json_path}: invalid config: {err}") from None
-    model = model_cls(config)
-    digest = record.get("sha256")
-    if digest is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != digest:
-        raise ValueError(
-            f"{weights_path}: weights do not match the checksum in {json_path.name} (the file was changed or "
-            "swapped after saving); refusing to load it"
-        )
+    validate_metadata(record["metadata"], record["config"], json_path)
     try:
-        state = load_file(weights_path, device="cpu")
+        state = load(blob)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights_path}: not a readable safetensors file ({err})") from None
-    _check_weights(weights_path, state, model.state_dict())
+    with torch.device("meta"):  # shapes only: a config that asks for a huge network allocates nothing here
+        skeleton = model_cls(config)
+    _check_weights(weights_path, state, skeleton.state_dict())
+    model = model_cls(config)
     model.load_state_dict(state)  # copies into the parameters, keeping their (channels-last) layout
     return model.to(map_location).eval(), record["metadata"]

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from pleura import __version__
 from pleura.models import UNet, UNetConfig, create_model, load_model, save_model
+from pleura.models.io import digest
 
 
 def _model(**fields) -> UNet:
@@ -29,14 +30,20 @@ def saved(tmp_path: Path) -> tuple[UNet, Path]:
     return model, save_model(model, tmp_path / "run" / "model.safetensors", {"epoch": 3, "val_dice": 0.5})
 
 
-def _edit_json(weights: Path, **changes) -> Path:
+def _edit_json(weights: Path, resign: bool = True, **changes) -> Path:
+    """Change fields of the sidecar; ``resign`` recomputes the digest, as someone forging a file would, so the
+    checks behind the digest are tested too."""
     json_path = weights.with_suffix(".json")
     record = json.loads(json_path.read_text())
     for key, value in changes.items():
-        if key.startswith("config_"):
-            record["config"][key.removeprefix("config_")] = value
+        for part in ("config_", "metadata_"):
+            if key.startswith(part):
+                record[part[:-1]][key.removeprefix(part)] = value
+                break
         else:
             record[key] = value
+    if resign and "NaN" not in json.dumps(record):  # a NaN cannot be signed; the file is refused before that
+        record["sha256"] = digest(weights.read_bytes(), record)
     json_path.write_text(json.dumps(record))
     return json_path
 
@@ -69,13 +76,14 @@ def test_sidecar_json_content(saved):
     record = json.loads(path.with_suffix(".json").read_text())
     assert record == {
         "format": "pleura-model",
-        "format_version": 1,
+        "format_version": 2,
         "pleura_version": __version__,
         "architecture": "unet",
         "config": model.config.to_dict(),
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": digest(path.read_bytes(), record),
         "metadata": {"epoch": 3, "val_dice": 0.5},
     }
+    assert record["sha256"] != hashlib.sha256(path.read_bytes()).hexdigest()  # it covers more than the weights
     assert record["config"]["schema"] == "dense"
 
 
@@ -140,7 +148,7 @@ def test_missing_files_are_named(saved):
     ("changes", "message"),
     [
         (dict(format="something-else"), r"model\.json: format is 'something-else', expected 'pleura-model'"),
-        (dict(format_version=2), r"model\.json: format_version 2 is not supported; this pleura reads version 1"),
+        (dict(format_version=1), r"model\.json: format_version 1 is not supported; this pleura reads version 2"),
         (dict(architecture="resnet"), r"model\.json: unknown architecture 'resnet'; valid: unet"),
         (dict(config_norm="layer"), r"model\.json: invalid config: .*norm 'layer' is unknown"),
         (dict(config_colour="red"), r"model\.json: config has unknown fields \['colour'\]; valid: in_channels"),
@@ -168,12 +176,60 @@ def test_json_that_is_not_json(saved):
 
 def test_corrupt_weights_are_named(saved):
     saved[1].write_bytes(b"\x00" * 4)
-    with pytest.raises(ValueError, match=r"model\.safetensors: weights do not match the checksum"):
+    with pytest.raises(ValueError, match=r"model\.safetensors: the weights or model\.json do not match the checksum"):
         load_model(saved[1])
-    record = json.loads(saved[1].with_suffix(".json").read_text())
-    del record["sha256"]  # files without a checksum are still read, and a corrupt one is named
-    saved[1].with_suffix(".json").write_text(json.dumps(record))
+    _edit_json(saved[1])  # a forged digest over the corrupt file: the file itself is then named
     with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        load_model(saved[1])
+
+
+def test_a_file_without_a_digest_is_refused(saved):
+    record = json.loads(saved[1].with_suffix(".json").read_text())
+    del record["sha256"]
+    saved[1].with_suffix(".json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"model\.json: 'sha256' should be a str"):
+        load_model(saved[1])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(metadata_epoch=4),
+        dict(metadata_class_names=["normal", "pneumonia", "covid"]),
+        dict(config_width=100000),
+        dict(config_schema="sparse"),
+        dict(pleura_version="9.9"),
+    ],
+    ids=["metadata", "class-names", "width", "schema", "version"],
+)
+def test_any_edit_of_the_sidecar_is_refused(saved, changes):
+    """The digest covers the config and the metadata, not only the weights (issue 12, defect 5)."""
+    _edit_json(saved[1], resign=False, **changes)
+    with pytest.raises(ValueError, match=r"model\.safetensors: the weights or model\.json do not match the checksum"):
+        load_model(saved[1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(metadata_temperature=-1), r"metadata 'temperature' should be a number in \[0\.01, 100\.0\], got -1"),
+        (dict(metadata_temperature=float("nan")), r"model\.json: not valid JSON \(NaN is not a JSON number\)"),
+        (dict(metadata_schema="sparse"), r"metadata schema 'sparse' is unknown or differs from the config's 'dense'"),
+        (dict(metadata_image_size=[128]), r"metadata image_size should be \[height, width\] in 16\.\.4096"),
+        (dict(metadata_class_names=["a", 3]), r"metadata 'class_names' should be a list of names"),
+    ],
+    ids=["temperature", "nan", "schema", "image-size", "class-names"],
+)
+def test_forged_metadata_is_checked_with_bounds(saved, changes, message):
+    _edit_json(saved[1], **changes)
+    with pytest.raises(ValueError, match=message):
+        load_model(saved[1])
+
+
+def test_a_huge_config_is_refused_before_any_allocation(saved, monkeypatch):
+    """A forged config asking for a 360-GB network is compared with the file's shapes on the meta device."""
+    _edit_json(saved[1], config_width=100000)
+    with pytest.raises(ValueError, match=r"weights do not match the config .*shape mismatch"):
         load_model(saved[1])
 
 
