@@ -37,6 +37,12 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def printable(text: object) -> str:
+    """``text`` (often a file name) as valid UTF-8: bytes of a name that are not UTF-8 become ``\\xNN`` escapes,
+    so every name can be shown and written to a table instead of crashing the writer."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def finite(obj: Any) -> Any:
     """Replace NaN and infinities by ``None`` throughout, so the result is strict JSON."""
     if isinstance(obj, float):
@@ -53,6 +59,49 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(finite(obj), indent=2) + "\n")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _owner(path: Path) -> int | None:
+    """The process id at the end of a staging name (``.out.partial-1234``), or ``None``."""
+    tail = path.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+def remove_stale(parent: Path, pattern: str) -> list[Path]:
+    """Remove the folders matching ``pattern`` in ``parent`` whose owning process (the trailing ``-PID``) is gone.
+
+    A run killed with SIGKILL cannot clean up after itself; the next run does it here.
+    """
+    removed = []
+    for tmp in parent.glob(pattern) if parent.is_dir() else ():
+        pid = _owner(tmp)
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _recover(out: Path) -> None:
+    """Undo a run killed between its two renames (``out -> .old``, then ``.partial -> out``): put the old output
+    back, so a folder that was complete is never lost; then remove stale staging folders of dead runs."""
+    parent = out.absolute().parent
+    if not out.exists():
+        olds = [p for p in parent.glob(f".{out.name}.old-*") if (pid := _owner(p)) is not None and not pid_alive(pid)]
+        if olds:
+            max(olds, key=lambda p: p.stat().st_mtime).rename(out)
+    remove_stale(parent, f".{out.name}.partial-*")
+    remove_stale(parent, f".{out.name}.old-*")
+
+
 @contextlib.contextmanager
 def staged_folder(
     out: str | os.PathLike, overwrite: bool = False, subdirs: Sequence[str] = (), error: type[Exception] = ValueError
@@ -62,10 +111,14 @@ def staged_folder(
     The ``with`` body writes into the yielded folder; only when it finishes is ``out`` replaced, so an
     interrupted or failed run leaves the old folder (or none) and never a half-written one.
 
+    Staging folders left by runs that were killed (SIGKILL, power loss) are removed, and an output that such a
+    run had moved aside is put back, before anything else.
+
     Raises:
         error: ``out`` is a file, is a non-empty folder without ``overwrite``, or cannot be written.
     """
     out = Path(out)
+    _recover(out)
     if out.exists() and not out.is_dir():
         raise error(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -86,7 +139,12 @@ def staged_folder(
         if out.exists():
             old = parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:  # put the old output back: the caller sees the failure and keeps what it had
+                old.rename(out)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pleura import __version__
@@ -16,10 +21,33 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lung-ultraso
 err = Console(stderr=True)
 
 
-def fail(message: str, code: int = 2) -> None:
+def shown(text: object) -> str:
+    """A user string (a file name, an error naming one) as printable text (``pleura.atomic.printable``)."""
+    from pleura.atomic import printable
+
+    return printable(text)
+
+
+def say(text: object, style: str = "") -> str:
+    """``text`` escaped for rich, so markup-like names (``study[/]x.jpg``, ``scan [copy].jpg``) print as they are."""
+    body = escape(shown(text))
+    return f"[{style}]{body}[/]" if style else body
+
+
+def fail(message: object, code: int = 2) -> None:
     """Print one clear error line and exit non-zero."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {say(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _positive(value: float | None) -> float | None:
+    """Option callback: a number that must be above zero (a learning rate, a frame rate)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"should be a number > 0, got {value}")
+    return value
+
+
+DATASET = dict(exists=True, file_okay=False, dir_okay=True)  # a --data folder: checked before any work
 
 
 def progress_bar() -> Progress:
@@ -36,14 +64,20 @@ def progress_bar() -> Progress:
     )
 
 
+def _print_version(value: bool) -> None:
+    """``pleura --version``: eager, so it answers before typer asks for a command."""
+    if value:
+        typer.echo(f"pleura {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+    ),
 ) -> None:
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -52,13 +86,13 @@ def _root(
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --overwrite)."),
-    n: int = typer.Option(60, "--n", help="Number of clips; the dataset has n x frames images."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files."),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (at least 64)."),
+    n: int = typer.Option(60, "--n", help="Number of clips; the dataset has n x frames images.", min=1),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files.", min=0),
+    size: int = typer.Option(256, "--size", help="Image side in pixels (at least 64).", min=64),
     probe: str = typer.Option("mixed", "--probe", help="linear, curvilinear or mixed."),
     classes: str = typer.Option("covid,pneumonia,normal", "--classes", help="Comma-separated diagnoses."),
-    frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip)."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores."),
+    frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip).", min=1),
+    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores.", min=0),
     style: str = typer.Option("physics", "--style", help="Output style: physics, or pocus (looks like POCUS clips)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write gallery.png, a contact sheet with overlays."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
@@ -127,18 +161,18 @@ class _EpochProgress:
 
 @app.command("train-seg")
 def train_seg(
-    data: Path = typer.Option(..., "--data", help="Manifest dataset folder (e.g. from pleura simulate)."),
+    data: Path = typer.Option(..., "--data", help="Manifest dataset folder (e.g. from pleura simulate).", **DATASET),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     schema: str = typer.Option("dense", "--schema", help="dense or sparse labels."),
-    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate."),
-    width: int = typer.Option(16, "--width", help="U-Net channels at the first level (64 = classic)."),
-    depth: int = typer.Option(4, "--depth", help="U-Net down-steps."),
-    patience: int = typer.Option(8, "--patience", help="Early stopping patience in epochs."),
-    seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling, augmentation."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner).", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process.", min=1),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate.", callback=_positive),
+    width: int = typer.Option(16, "--width", help="U-Net channels at the first level (64 = classic).", min=1, max=256),
+    depth: int = typer.Option(4, "--depth", help="U-Net down-steps.", min=1, max=6),
+    patience: int = typer.Option(8, "--patience", help="Early stopping patience in epochs.", min=1),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling, augmentation.", min=0),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes."),
+    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes.", min=0),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty run folder."),
@@ -176,8 +210,8 @@ def train_seg(
 
 @app.command("eval-seg")
 def eval_seg(
-    run: Path = typer.Option(..., "--run", help="Run folder of train-seg."),
-    data: Path = typer.Option(..., "--data", help="Manifest dataset to score on."),
+    run: Path = typer.Option(..., "--run", help="Run folder of train-seg.", **DATASET),
+    data: Path = typer.Option(..., "--data", help="Manifest dataset to score on.", **DATASET),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
     schema: str = typer.Option(None, "--schema", help="Refuse a checkpoint of another schema."),
 ) -> None:
@@ -194,19 +228,23 @@ def eval_seg(
 
 @app.command("train-cls")
 def train_cls(
-    data: Path = typer.Option(..., "--data", help="Manifest dataset folder."),
+    data: Path = typer.Option(..., "--data", help="Manifest dataset folder.", **DATASET),
     out: Path = typer.Option(..., "--out", help="Run folder to write (one fold* subfolder per fold)."),
     init: str = typer.Option("scratch", "--init", help="dense:RUN, sparse:RUN (a train-seg run) or scratch."),
-    folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group."),
+    folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group.", min=2),
     group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
     tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
-    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing."),
-    aux_seg_weight: float = typer.Option(0.0, "--aux-seg-weight", help="Auxiliary segmentation loss weight."),
-    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process."),
-    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate of the head (the U-Net gets 0.1x)."),
-    patience: int = typer.Option(8, "--patience", help="Early stopping patience (validation balanced accuracy)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of init, folds, sampling, augmentation."),
+    freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing.", min=0),
+    aux_seg_weight: float = typer.Option(0.0, "--aux-seg-weight", help="Auxiliary segmentation loss weight.", min=0.0),
+    epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold.", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process.", min=1),
+    lr: float = typer.Option(
+        1e-3, "--lr", help="Peak learning rate of the head (the U-Net gets 0.1x).", callback=_positive
+    ),
+    patience: int = typer.Option(
+        8, "--patience", help="Early stopping patience (validation balanced accuracy).", min=1
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, folds, sampling, augmentation.", min=0),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Keep finished folds, continue an interrupted one."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace non-empty fold folders."),
@@ -239,8 +277,8 @@ def train_cls(
 
 @app.command("eval-cls")
 def eval_cls(
-    run: Path = typer.Option(..., "--run", help="Run folder of train-cls."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    run: Path = typer.Option(..., "--run", help="Run folder of train-cls.", **DATASET),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals.", min=1),
 ) -> None:
     """Score a k-fold classification run at frame and clip level, with bootstrap intervals."""
     from pleura.evaluate.cls import evaluate_classification
@@ -257,10 +295,10 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w4
 
 @app.command("eval-model")
 def eval_model(
-    data: Path = typer.Option(..., "--data", help="Labelled manifest dataset the model never saw."),
+    data: Path = typer.Option(..., "--data", help="Labelled manifest dataset the model never saw.", **DATASET),
     out: Path = typer.Option(..., "--out", help="Folder for predictions, eval.json, eval.md and figures."),
     model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Model file (pleura export model)."),
-    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals.", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
     """External validation: score a model file on another labelled dataset (calibration and OOD included)."""
@@ -284,11 +322,11 @@ DEFAULT_POCUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 def import_pocus_cmd(
     src: Path = typer.Argument(DEFAULT_POCUS, help="The POCUS folder (manifest.csv and class folders)."),
     out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent unless --overwrite)."),
-    rate: float = typer.Option(3.0, "--rate", help="Frames sampled per second of clip."),
-    max_per_clip: int = typer.Option(30, "--max-per-clip", help="At most this many frames per clip."),
-    size: int = typer.Option(256, "--size", help="Side of the square cleaned frames, in pixels."),
+    rate: float = typer.Option(3.0, "--rate", help="Frames sampled per second of clip.", callback=_positive),
+    max_per_clip: int = typer.Option(30, "--max-per-clip", help="At most this many frames per clip.", min=1),
+    size: int = typer.Option(256, "--size", help="Side of the square cleaned frames, in pixels.", min=32, max=2048),
     include_other: bool = typer.Option(False, "--include-other", help="Also import viral and uncertain files."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores.", min=0),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
     """Import the POCUS lung-ultrasound dataset: sample, clean and resize frames into a manifest dataset."""
@@ -336,11 +374,11 @@ def _seed_list(text: str) -> tuple[int, ...]:
 def dense_vs_sparse(
     out: Path = typer.Option(..., "--out", help="Experiment folder (data, runs, report.md, figures)."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated training seeds."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs per model (the same for both schemas)."),
-    train_clips: int = typer.Option(90, "--train-clips", help="Simulated training clips."),
-    test_clips: int = typer.Option(60, "--test-clips", help="Simulated test clips."),
-    size: int = typer.Option(128, "--size", help="Image side in pixels."),
-    width: int = typer.Option(16, "--width", help="U-Net width."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs per model (the same for both schemas).", min=1),
+    train_clips: int = typer.Option(90, "--train-clips", help="Simulated training clips.", min=2),
+    test_clips: int = typer.Option(60, "--test-clips", help="Simulated test clips.", min=1),
+    size: int = typer.Option(128, "--size", help="Image side in pixels.", min=32, max=2048),
+    width: int = typer.Option(16, "--width", help="U-Net width.", min=1, max=256),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
     """Train dense- and sparse-label U-Nets on the same data and compare their false positives."""
@@ -367,7 +405,9 @@ def pocus_experiment(
     quick: bool = typer.Option(False, "--quick", help="A smoke-sized run (minutes)."),
     full: bool = typer.Option(False, "--full", help="The larger run for a GPU (256 px, width 16, 30 epochs)."),
     style: str = typer.Option("physics", "--style", help="Simulator style of the pretraining data: physics or pocus."),
-    width: int = typer.Option(None, "--width", help="U-Net width (first level channels); default: the budget's."),
+    width: int = typer.Option(
+        None, "--width", help="U-Net width (first level channels); default: the budget's.", min=1, max=256
+    ),
     inits: str = typer.Option("dense,sparse,scratch", "--inits", help="Variants to train, comma-separated."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
@@ -444,7 +484,9 @@ def export_model_cmd(
 def export_onnx_cmd(
     model: Path = typer.Option(..., "--model", help="A model file (.safetensors) to export."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
-    size: int = typer.Option(0, "--size", help="Frame size; 0 = the size the model file records (else 256)."),
+    size: int = typer.Option(
+        0, "--size", help="Frame size; 0 = the size the model file records (else 256).", min=0, max=4096
+    ),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare ONNX Runtime with PyTorch (max diff 1e-4)."),
 ) -> None:
     """Export a model to ONNX with a dynamic batch axis, checked against PyTorch in ONNX Runtime."""
@@ -466,21 +508,45 @@ MEDIA_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".mp
                   ".mkv", ".webm", ".dcm", ".dicom", ""}  # fmt: skip
 
 
-def _inputs(paths: list[Path]) -> list[Path]:
-    """Files named, and the media files inside folders named (recursively, sorted); errors for what is missing."""
+def _inputs(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files named, and the media files inside folders named (recursively, sorted), without hidden folders and
+    earlier prediction outputs; with the problems of the paths that cannot be read (missing, not a regular file)."""
     files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and f.suffix.lower() in MEDIA_SUFFIXES)  # fmt: skip
+            found = sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in MEDIA_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and not (f.parent / "predictions.json").is_file()
+            )  # fmt: skip
             if not found:
-                fail(f"{p}: folder holds no image, clip or DICOM file")
+                problems.append((p, f"{p}: folder holds no image, clip or DICOM file"))
             files += found
-        elif p.exists():
+        elif p.is_file():
             files.append(p)
+        elif p.exists() or p.is_symlink():
+            problems.append((p, f"{p}: not a regular file or a folder (a FIFO, socket, device or broken link)"))
         else:
-            fail(f"{p}: no such file or folder")
-    return files
+            problems.append((p, f"{p}: no such file or folder"))
+    return files, problems
+
+
+@contextlib.contextmanager
+def _model_file(model: Path) -> Iterator[Path]:
+    """The model file to load: ``model`` itself, or a train-cls run bundled on the fly into a private temporary
+    folder that is removed afterwards, also after a failure (and, for runs that were killed, by the next call)."""
+    if not model.is_dir():
+        yield model
+        return
+    from pleura.atomic import remove_stale
+    from pleura.infer.bundle import export_bundle
+
+    remove_stale(Path(tempfile.gettempdir()), "pleura-model-*")
+    with tempfile.TemporaryDirectory(prefix="pleura-model-", suffix=f"-{os.getpid()}") as tmp:
+        path, _ = export_bundle(model, Path(tmp) / "model.safetensors")
+        yield path
 
 
 @app.command()
@@ -489,52 +555,73 @@ def predict(
     model: Path = typer.Option(
         DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
     ),
-    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
+    out: Path = typer.Option(
+        Path("predictions"), "--out", help="Output folder (must be empty or absent unless --overwrite)."
+    ),
     engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the torch engine runs."),
-    rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame."),
-    max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all."),
+    rate: float = typer.Option(
+        10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame.", min=0.0
+    ),
+    max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all.", min=0),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
-    """Diagnose images and clips: calibrated probabilities, biomarkers, OOD flags, overlays (JSON, CSV, PNG, MP4)."""
-    import tempfile
+    """Diagnose images and clips: calibrated probabilities, biomarkers, OOD flags, overlays (JSON, CSV, PNG, MP4).
 
+    The output folder is written under a temporary name and renamed when complete; it never holds an input.
+    """
+    from pleura.atomic import staged_folder
     from pleura.data.readers import ReadError
     from pleura.infer.predictor import Predictor
     from pleura.infer.report import PredictionWriter
 
-    files = _inputs(inputs)
+    files, failed = _inputs(inputs)
+    if not files:  # nothing to do: a usage error, each path's problem named
+        for _, problem in failed[:-1]:
+            err.print(f"[bold red]error:[/] {say(problem)}", highlight=False, soft_wrap=True)
+        fail(failed[-1][1])
+    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
+    if inside:
+        fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
     if not model.exists():
         hint = " (the shipped default lives in a source checkout's models/ folder)" if model == DEFAULT_MODEL else ""
         fail(f"{model}: model not found{hint}; pass --model FILE")
-    try:
-        if model.is_dir():  # a run: bundle it on the fly (calibration and OOD statistics included)
-            from pleura.infer.bundle import export_bundle
-
-            model, _ = export_bundle(model, Path(tempfile.mkdtemp(prefix="pleura-model-")) / "model.safetensors")
-        predictor = Predictor(model, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
-    except (ValueError, OSError) as e:
-        fail(str(e))
-    writer = PredictionWriter(out, predictor, video=video)
-    failed: list[tuple[Path, str]] = []
-    with progress_bar() as bar:
-        task = bar.add_task("predict", total=len(files), rate="")
-        for f in files:
-            try:
-                result = writer.predict(f)
-                bar.console.print(
-                    f"{f}: {result.diagnosis} ({result.probabilities[result.diagnosis]:.2f}), "
-                    f"{len(result.frames)} frames, {result.ood_frames} out of distribution",
-                    highlight=False,
-                )
-            except (ReadError, ValueError) as e:
-                failed.append((f, str(e)))
-                err.print(f"[yellow]failed[/] {e}", highlight=False, soft_wrap=True)
-            bar.advance(task)
-    writer.close()
-    typer.echo(f"predicted {len(files) - len(failed)} of {len(files)} files into {out}")
+    for _, problem in failed:
+        err.print(f"[yellow]failed[/] {say(problem)}", highlight=False, soft_wrap=True)
+    total, unreadable = len(files) + len(failed), len(failed)
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(_model_file(model))
+            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
+        except (ValueError, OSError, KeyError) as e:
+            fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+        try:
+            with staged_folder(out, overwrite=overwrite) as tmp:
+                writer = PredictionWriter(tmp, predictor, video=video)
+                with progress_bar() as bar:
+                    task = bar.add_task("predict", total=len(files), rate="")
+                    for f in files:
+                        try:
+                            result = writer.predict(f)
+                            line = (
+                                f"{f}: {result.diagnosis} ({result.probabilities[result.diagnosis]:.2f}), "
+                                f"{len(result.frames)} frames, {result.ood_frames} out of distribution"
+                            )
+                            bar.console.print(say(line), highlight=False, soft_wrap=True)
+                        except (ReadError, ValueError, OSError) as e:
+                            failed.append((f, str(e)))
+                            problem = str(e) if str(f) in str(e) else f"{f}: {e}"
+                            err.print(f"[yellow]failed[/] {say(problem)}", highlight=False, soft_wrap=True)
+                        bar.advance(task)
+                writer.close()
+        except (ValueError, OSError) as e:  # the output folder or the tables: nothing is left half-written
+            fail(str(e) if isinstance(e, ValueError) else f"{out}: cannot write the predictions ({e.strerror or e})", 1)
+    done = len(files) - (len(failed) - unreadable)
+    typer.echo(shown(f"predicted {done} of {total} files into {out}"))
     if failed:
-        err.print(f"[bold red]error:[/] {len(failed)} file(s) failed: " + ", ".join(str(f) for f, _ in failed))
+        names = ", ".join(shown(f) for f, _ in failed)
+        err.print(f"[bold red]error:[/] {len(failed)} input(s) failed: {say(names)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

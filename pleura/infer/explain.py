@@ -7,6 +7,7 @@ frame. It shows where the head looked; the segmentation shows what it saw there.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +114,19 @@ class AnnotatedVideo:
             self.box.mux(packet)
 
     def close(self) -> Path:
-        for packet in self.stream.encode():
-            self.box.mux(packet)
-        self.box.close()
-        self.tmp.replace(self.path)
+        """Finish the clip and rename it into place; on a failure (a full disk) nothing is left behind."""
+        try:
+            for packet in self.stream.encode():
+                self.box.mux(packet)
+            self.box.close()
+            self.tmp.replace(self.path)
+        except BaseException:
+            self.abort()
+            raise
         return self.path
 
     def abort(self) -> None:
-        self.box.close()
+        """Drop the partial clip; never raises, so the error that caused the abort is the one reported."""
+        with contextlib.suppress(Exception):
+            self.box.close()
         self.tmp.unlink(missing_ok=True)

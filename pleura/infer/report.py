@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pleura.atomic import finite, write_text
+from pleura.atomic import finite, printable, write_text
 from pleura.infer.explain import AnnotatedVideo, annotated_panel, class_activation_map, save_png
 from pleura.infer.predictor import ClipResult, FrameResult, Predictor
 
@@ -97,15 +97,20 @@ class PredictionWriter:
         names = self.predictor.class_names
         clips, frames = [], []
         for r in self.results:
+            name = printable(r.path)
             probs = {f"p_{c}": r.probabilities[c] for c in names}
-            clips.append({"file": r.path, "diagnosis": r.diagnosis, **probs, "frames": len(r.frames),
+            clips.append({"file": name, "diagnosis": r.diagnosis, **probs, "frames": len(r.frames),
                           "ood_frames": r.ood_frames, "probe": r.probe, **r.biomarkers})  # fmt: skip
             for f in r.frames:
-                frames.append({"file": r.path, "frame": f.index, "time_s": f.time_s, "diagnosis": f.diagnosis,
+                frames.append({"file": name, "frame": f.index, "time_s": f.time_s, "diagnosis": f.diagnosis,
                                **{f"p_{c}": f.probabilities[c] for c in names}, "ood": f.ood,
                                "ood_score": round(f.ood_score, 4), **f.biomarkers})  # fmt: skip
-        meta = {"model": str(self.predictor.path), "temperature": self.predictor.temperature, "class_names": names}
-        doc = {**meta, "files": [r.to_dict() for r in self.results]}
+        meta = {
+            "model": printable(self.predictor.path),
+            "temperature": self.predictor.temperature,
+            "class_names": names,
+        }
+        doc = {**meta, "files": [{**r.to_dict(), "path": printable(r.path)} for r in self.results]}
         write_text(self.out / "predictions.json", json.dumps(finite(doc), indent=2) + "\n")
         write_text(self.out / "clips.csv", _csv(clips))
         write_text(self.out / "frames.csv", _csv(frames))
