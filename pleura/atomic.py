@@ -102,6 +102,16 @@ def _recover(out: Path) -> None:
     remove_stale(parent, f".{out.name}.old-*")
 
 
+def check_output(out: Path, overwrite: bool = False, error: type[Exception] = ValueError) -> None:
+    """Refuse an output folder that is a file, or that is not empty without ``overwrite`` (after undoing what a
+    killed run left there), so a command can check its ``--out`` before any work."""
+    _recover(out)
+    if out.exists() and not out.is_dir():
+        raise error(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(f"{out}: output folder is not empty; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def staged_folder(
     out: str | os.PathLike, overwrite: bool = False, subdirs: Sequence[str] = (), error: type[Exception] = ValueError
@@ -118,11 +128,7 @@ def staged_folder(
         error: ``out`` is a file, is a non-empty folder without ``overwrite``, or cannot be written.
     """
     out = Path(out)
-    _recover(out)
-    if out.exists() and not out.is_dir():
-        raise error(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise error(f"{out}: output folder is not empty; pass --overwrite to replace it")
+    check_output(out, overwrite, error)
     parent = out.absolute().parent
     tmp = parent / f".{out.name}.partial-{os.getpid()}"
     try:

@@ -571,7 +571,7 @@ def predict(
 
     The output folder is written under a temporary name and renamed when complete; it never holds an input.
     """
-    from pleura.atomic import staged_folder
+    from pleura.atomic import check_output, staged_folder
     from pleura.data.readers import ReadError
     from pleura.infer.predictor import Predictor
     from pleura.infer.report import PredictionWriter
@@ -584,6 +584,10 @@ def predict(
     inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
     if inside:
         fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
+    try:
+        check_output(out, overwrite)
+    except ValueError as e:
+        fail(str(e))
     if not model.exists():
         hint = " (the shipped default lives in a source checkout's models/ folder)" if model == DEFAULT_MODEL else ""
         fail(f"{model}: model not found{hint}; pass --model FILE")

@@ -1,0 +1,171 @@
+"""The command line's guarantees: inputs are never written over, a batch survives bad names and bad files, a
+full disk leaves nothing half-written, options are checked before any work (issue 12)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pleura import __version__
+from pleura.cli import app
+from pleura.data import read_manifest
+
+
+def _run(*args: str) -> tuple[int, str]:
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(app, [str(a) for a in args])
+    assert not isinstance(res.exception, Exception) or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, res.output
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.fixture
+def scans(sim_dataset: Path, tmp_path: Path) -> Path:
+    """A folder of two simulated frames saved as PNG and JPEG."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rows = read_manifest(sim_dataset)
+    for row, name in zip(rows[:2], ("scan1.png", "scan2.jpg"), strict=True):
+        Image.open(sim_dataset / row["image"]).convert("L").save(folder / name)
+    return folder
+
+
+def test_version():
+    code, output = _run("--version")
+    assert code == 0 and output.strip() == f"pleura {__version__}"
+
+
+def test_predict_never_writes_over_its_inputs(bundle: Path, scans: Path):
+    before = _digests(scans)
+    code, output = _run("predict", scans, "--out", scans, "--model", bundle)
+    assert code == 2 and "holds the input" in output
+    code, output = _run("predict", scans, "--out", scans, "--model", bundle, "--overwrite")
+    assert code == 2 and "holds the input" in output
+    assert _digests(scans) == before
+
+
+def test_predict_refuses_a_non_empty_out_and_replaces_it_whole(bundle: Path, scans: Path, tmp_path: Path):
+    out = tmp_path / "pred"
+    assert _run("predict", scans / "scan1.png", "--out", out, "--model", bundle)[0] == 0
+    first = _digests(out)
+    code, output = _run("predict", scans / "scan2.jpg", "--out", out, "--model", bundle)
+    assert code == 2 and "not empty" in output and "--overwrite" in output
+    assert _digests(out) == first  # the first run's tables are intact
+    assert _run("predict", scans / "scan2.jpg", "--out", out, "--model", bundle, "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clips.csv", "frames.csv", "predictions.json", "scan2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred", "scans"]  # no staging folder left
+
+
+def test_predict_out_that_is_a_file(bundle: Path, scans: Path, tmp_path: Path):
+    target = tmp_path / "report.txt"
+    target.write_text("keep me")
+    code, output = _run("predict", scans, "--out", target, "--model", bundle)
+    assert code == 2 and "exists and is not a folder" in output and "Traceback" not in output
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("name", ["study[/]x.png", "scan [copy].png", "[bold]red[/bold].png"])
+def test_markup_in_file_names_is_printed_as_is(bundle: Path, scans: Path, tmp_path: Path, name: str):
+    src = tmp_path / "odd"
+    (src / Path(name).parent).mkdir(parents=True, exist_ok=True)
+    (scans / "scan1.png").rename(src / name)
+    (scans / "scan2.jpg").rename(src / "after.jpg")
+    code, output = _run("predict", src / name, src / "after.jpg", "--out", tmp_path / "pred", "--model", bundle)
+    assert code == 0, output
+    assert f"{src / name}:" in output and "after.jpg:" in output
+    assert (tmp_path / "pred" / "clips.csv").read_text().count("\n") == 3
+
+
+def test_a_non_utf8_file_name_is_predicted_and_tabled(bundle: Path, scans: Path, tmp_path: Path):
+    odd = os.fsencode(scans) + b"/caf\xe9.png"
+    os.rename(os.fsencode(scans / "scan1.png"), odd)
+    code, output = _run("predict", scans, "--out", tmp_path / "pred", "--model", bundle)
+    assert code == 0, output
+    table = (tmp_path / "pred" / "clips.csv").read_text(encoding="utf-8")
+    assert "caf\\xe9.png" in table and "scan2.jpg" in table
+    assert os.path.exists(odd)
+
+
+def test_a_fifo_is_refused_and_the_rest_predicted(bundle: Path, scans: Path, tmp_path: Path):
+    fifo = tmp_path / "stream.png"
+    os.mkfifo(fifo)
+    code, output = _run("predict", fifo, scans / "scan1.png", "--out", tmp_path / "pred", "--model", bundle)
+    assert code == 1 and "stream.png: not a regular file" in output
+    assert "predicted 1 of 2 files" in output
+
+
+def test_a_full_disk_fails_one_file_cleanly_then_the_batch(
+    bundle: Path, sim_dataset: Path, tmp_path: Path, monkeypatch
+):
+    """A full disk while a clip's video is written: that file fails with one line and leaves no partial clip; when
+    the tables cannot be written either, the command fails with one line and leaves no output folder."""
+    import av
+
+    from pleura.infer import explain, report
+
+    clip = tmp_path / "clip.mp4"
+    frames = [np.asarray(Image.open(sim_dataset / r["image"]).convert("L")) for r in read_manifest(sim_dataset)[:4]]
+    with av.open(str(clip), "w") as box:
+        s = box.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 128, 128, "yuv420p"
+        for f in frames:
+            box.mux(s.encode(av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, 2), format="rgb24")))
+        box.mux(s.encode())
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(explain.AnnotatedVideo, "add", full)
+    out = tmp_path / "pred"
+    code, output = _run("predict", clip, "--out", out, "--model", bundle, "--rate", "0")
+    assert code == 1 and "No space left on device" in output and "Traceback" not in output
+    assert not list(out.rglob("*.mp4")) and not list(out.rglob(".*"))
+    monkeypatch.setattr(report, "write_text", full)
+    code, output = _run("predict", clip, "--out", tmp_path / "pred2", "--model", bundle)
+    assert code == 1 and "cannot write the predictions" in output and "No space left" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "pred"]
+
+
+def test_a_run_folder_as_model_leaves_no_temporary_model(bundle: Path, scans: Path, tmp_path: Path, monkeypatch):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    stale = tmp / "pleura-model-abc-999999999"  # left by a killed run whose process is gone
+    stale.mkdir()
+    code, output = _run("predict", scans / "scan1.png", "--out", tmp_path / "pred", "--model", bundle.parent / "run")
+    assert code == 0, output
+    assert list(tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train-seg", "--out", "OUT", "--data", "DATA", "--batch-size", "0"], "--batch-size"),
+        (["train-seg", "--out", "OUT", "--data", "DATA", "--epochs", "0"], "--epochs"),
+        (["train-seg", "--out", "OUT", "--data", "FILE"], "is a file"),
+        (["train-seg", "--out", "OUT", "--data", "DATA", "--lr", "0"], "--lr"),
+        (["train-cls", "--out", "OUT", "--data", "DATA", "--folds", "1"], "--folds"),
+        (["predict", "FILE", "--rate", "-1"], "--rate"),
+        (["predict", "FILE", "--max-frames", "-5"], "--max-frames"),
+        (["simulate", "--out", "OUT", "--n", "0"], "--n"),
+        (["data", "import-pocus", "DATA", "--out", "OUT", "--rate", "0"], "--rate"),
+        (["eval-cls", "--run", "DATA", "--n-boot", "0"], "--n-boot"),
+    ],
+)
+def test_numeric_options_are_checked_before_any_work(tmp_path: Path, args: list[str], message: str):
+    (tmp_path / "DATA").mkdir()
+    (tmp_path / "FILE").write_text("x")
+    names = {"OUT": tmp_path / "OUT", "DATA": tmp_path / "DATA", "FILE": tmp_path / "FILE"}
+    code, output = _run(*[str(names.get(a, a)) for a in args])
+    assert code == 2 and message in output
+    assert not (tmp_path / "OUT").exists()
