@@ -131,3 +131,13 @@ def test_printable_keeps_valid_names_and_escapes_undecodable_bytes():
     name = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name on a UTF-8 file system
     assert printable(name) == "caf\\xe9.png"
     printable(name).encode("utf-8")  # writable to a UTF-8 table
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    """Outputs are readable as any file the user writes (mkstemp alone would make them 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = atomic.write_text(tmp_path / "table.csv", "a,b\n")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
