@@ -24,7 +24,8 @@ from pleura.train.checkpoint import CheckpointError, read_checkpoint
 
 def load_segmenter(run: str | Path, checkpoint: str = "best", schema: str | None = None) -> tuple[torch.nn.Module, str]:
     """A run's segmentation model in eval mode and its schema; ``schema`` must match if given."""
-    folder = Path(run) / checkpoint if (Path(run) / checkpoint).is_dir() else Path(run)
+    # a checkpoint folder itself, or a run's named checkpoint (read_checkpoint recovers one cut by a kill)
+    folder = Path(run) if (Path(run) / "model.safetensors").is_file() else Path(run) / checkpoint
     model, _meta = read_checkpoint(folder)
     model_schema = model.config.schema
     if model_schema is None:

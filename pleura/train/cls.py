@@ -289,7 +289,7 @@ def train_kfold(
             summaries.append(json.loads((fold_dir / "summary.json").read_text()))
             continue
         trainer = ClsTrainer(cfg, data, fold_dir, env, rows=train_rows, progress=progress)
-        summary = trainer.fit(resume=resume and (fold_dir / "last").is_dir(), overwrite=overwrite)
+        summary = trainer.fit(resume=resume and (fold_dir / "config.json").exists(), overwrite=overwrite)
         if env.is_main:
             model, _ = read_checkpoint(fold_dir / "best")
             preds = predict_rows(model, data, test_rows)

@@ -4,13 +4,15 @@ A task (segmentation, classification) subclasses ``Trainer`` and fills in a few 
 its model, one optimizer step, and validation. The loop owns the rest: the run folder, AdamW with
 warm-up and cosine decay, DistributedDataParallel, BatchNorm statistics kept equal over ranks, early
 stopping on the task's validation score, ``metrics.jsonl`` (one line per epoch, rank 0 only), ``best/`` and
-``last/`` checkpoints written atomically, exact ``resume`` (every random choice derives from
-``(seed, epoch, index)``), and ``summary.json`` with a digest of every rank's weights.
+``last/`` checkpoints that survive a kill at any point (``pleura.train.checkpoint``; ``last/`` carries the
+metrics log too), exact ``resume`` (every random choice derives from ``(seed, epoch, index)``), and
+``summary.json`` with a digest of every rank's weights.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
@@ -26,6 +29,9 @@ from pleura import __version__
 from pleura.atomic import finite, write_json, write_text
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv, all_gather_objects, state_digest, sync_buffers
+
+logger = logging.getLogger(__name__)
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json")  # written atomically (pleura.atomic) into RUN/
 
 
 @dataclass
@@ -159,12 +165,13 @@ class Trainer:
         val_loader = DataLoader(shard, batch_size=bs, shuffle=False, num_workers=workers, pin_memory=pin)
         return train_loader, val_loader, sampler
 
-    def _prepare_run_folder(self, resume: bool, overwrite: bool) -> None:
-        """Refuse to clobber an existing run unless asked; check a resumed run matches the request."""
+    def _prepare_run_folder(self, resume: bool, overwrite: bool) -> bool:
+        """Refuse to clobber an existing run unless asked; check a resumed run matches the request and undo a
+        save a kill cut short. True when there is a ``last/`` checkpoint to continue from."""
         cfg_path = self.out / "config.json"
         if resume:
-            if not (self.out / "last").is_dir() or not cfg_path.exists():
-                raise TrainError(f"{self.out}: nothing to resume (no last/ checkpoint and config.json)")
+            if not cfg_path.exists():
+                raise TrainError(f"{self.out}: nothing to resume (no config.json; start the run without --resume)")
             old = json.loads(cfg_path.read_text())["train"]
             for key in self.resume_keys:
                 if old.get(key) != getattr(self.cfg, key):
@@ -172,25 +179,63 @@ class Trainer:
                         f"{cfg_path}: the run was trained with {key}={old.get(key)!r} but {key}="
                         f"{getattr(self.cfg, key)!r} was requested; resume with the same settings"
                     )
-            return
+            if self.env.is_main:
+                self._recover_run_folder()
+            if self.env.distributed:
+                dist.barrier()  # every rank reads last/ only once rank 0 has restored it
+            if not (self.out / "last").is_dir():
+                logger.warning("%s: no last/ checkpoint yet (killed in the first epoch); starting at epoch 1", self.out)
+                return False
+            return True
         if self.out.exists() and any(self.out.iterdir()):
             if not overwrite:
                 raise TrainError(f"{self.out}: run folder is not empty; pass --resume to continue it or --overwrite")
             if self.env.is_main:
                 shutil.rmtree(self.out)
+        return False
 
-    def _truncate_log(self, epochs_kept: int) -> None:
-        """Drop log lines of epochs after the checkpoint a resumed run continues from."""
+    def _recover_run_folder(self) -> None:
+        """Restore ``last/`` and ``best/`` after a save a kill cut short, and drop temporary files of the run's
+        own atomic writes, so a resumed run starts from whole files only (rank 0, before the others read)."""
+        for name in ("last", "best"):
+            ckpt.recover_checkpoint(self.out / name)
+        prefixes = tuple(f".{name}." for name in RUN_FILES)
+        for path in self.out.iterdir():
+            if path.is_file() and path.name.startswith(prefixes) and path.name.endswith(".tmp"):
+                logger.info("%s: deleting a temporary file a killed write left", path)
+                path.unlink(missing_ok=True)
+
+    def _restore_log(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Rewrite ``metrics.jsonl`` to exactly the epochs the resumed checkpoint covers, one line each, from the
+        log its ``state.json`` carries: a line a kill lost is put back, a later or torn one dropped."""
         path = self.out / "metrics.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            write_text(path, "".join(ln + "\n" for ln in lines if json.loads(ln)["epoch"] <= epochs_kept))
+        records = state.get("log")
+        if records is None:  # a checkpoint saved before the log moved into state.json: keep the file's lines
+            records, seen = [], set()
+            for line in path.read_text().splitlines() if path.exists() else []:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # torn by a kill
+                epoch = rec.get("epoch") if isinstance(rec, dict) else None
+                if isinstance(epoch, int) and epoch <= state["epoch"] and epoch not in seen:
+                    records.append(rec)
+                    seen.add(epoch)
+            records.sort(key=lambda r: r["epoch"])
+            if len(records) < state["epoch"]:
+                logger.warning("%s: lines of %d epochs are lost", path, state["epoch"] - len(records))
+        self._write_log(records)
+        return records
+
+    def _write_log(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` atomically by one JSON line per record (a kill leaves the old or the new file)."""
+        write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
         """Train (or continue) the run; returns the summary written to ``summary.json``."""
         cfg, env = self.cfg, self.env
-        self._prepare_run_folder(resume, overwrite)
+        has_last = self._prepare_run_folder(resume, overwrite)
         train_ds, val_ds, info = self.setup()
         train_loader, val_loader, sampler = self._loaders(train_ds, val_ds)
 
@@ -199,8 +244,8 @@ class Trainer:
         self.optimizer = self.make_optimizer(net)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        state = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
-        if resume:
+        state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
+        if has_last:
             resumed, _ = ckpt.read_checkpoint(self.out / "last", map_location=self.device)
             net.load_state_dict(resumed.state_dict())
             state = ckpt.read_training_state(self.out / "last", self.optimizer, map_location=self.device)
@@ -217,7 +262,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             run_info = {"pleura_version": __version__, "train": asdict(cfg), "data": str(self.data.resolve())}
             write_json(self.out / "config.json", {**run_info, **info, "world_size": env.world_size})
-            self._truncate_log(state["epoch"])
+            if resume:
+                state["log"] = self._restore_log(state)  # the checkpoint carries its log: metrics.jsonl follows it
+        state.setdefault("log", [])
 
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * cfg.epochs
@@ -262,6 +309,7 @@ class Trainer:
                 "epoch_seconds": time.perf_counter() - t0,
                 "best": improved,
             }
+            state["log"].append(finite(record))  # saved in last/ with the weights, so a kill cannot part them
             if env.is_main:
                 meta = {"kind": self.kind, "epoch": epoch + 1, "val_score": val["score"], **self.checkpoint_meta()}
                 if improved:
@@ -269,8 +317,7 @@ class Trainer:
                 if self.use_amp:
                     state["scaler"] = self.scaler.state_dict()
                 ckpt.write_checkpoint(self.out / "last", net, meta, self.optimizer, state)
-                with open(self.out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(finite(record)) + "\n")
+                self._write_log(state["log"])
             self.progress.end_epoch(record)
 
         summary = self._summary(net, state, record, time.perf_counter() - start_time)

@@ -20,7 +20,7 @@ from pleura.train.checkpoint import CheckpointError
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import SegTrainConfig, SegTrainer
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "400"})
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_eval_seg_refuses_a_checkpoint_of_another_schema(dense_run):
     with pytest.raises(CheckpointError, match="predicts the 'dense' schema but 'sparse' was requested"):
         evaluate_segmentation(run, data, schema="sparse")
     result = runner.invoke(app, ["eval-seg", "--run", str(run / "nowhere"), "--data", str(data)])
-    assert result.exit_code != 0 and "no such checkpoint" in result.output
+    assert result.exit_code == 2 and "nowhere" in result.output and "does not exist" in result.output
 
 
 def test_dense_vs_sparse_experiment_end_to_end(tmp_path):
