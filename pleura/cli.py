@@ -86,12 +86,12 @@ def _root(
 @app.command()
 def simulate(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --overwrite)."),
-    n: int = typer.Option(60, "--n", help="Number of clips; the dataset has n x frames images.", min=1),
+    n: int = typer.Option(60, "--n", help="Number of clips; the dataset has n x frames images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical files.", min=0),
-    size: int = typer.Option(256, "--size", help="Image side in pixels (at least 64).", min=64),
+    size: int = typer.Option(256, "--size", help="Image side in pixels (at least 64)."),
     probe: str = typer.Option("mixed", "--probe", help="linear, curvilinear or mixed."),
     classes: str = typer.Option("covid,pneumonia,normal", "--classes", help="Comma-separated diagnoses."),
-    frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip).", min=1),
+    frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip)."),
     workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores.", min=0),
     style: str = typer.Option("physics", "--style", help="Output style: physics, or pocus (looks like POCUS clips)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write gallery.png, a contact sheet with overlays."),

@@ -157,7 +157,7 @@ def test_a_run_folder_as_model_leaves_no_temporary_model(bundle: Path, scans: Pa
         (["train-cls", "--out", "OUT", "--data", "DATA", "--folds", "1"], "--folds"),
         (["predict", "FILE", "--rate", "-1"], "--rate"),
         (["predict", "FILE", "--max-frames", "-5"], "--max-frames"),
-        (["simulate", "--out", "OUT", "--n", "0"], "--n"),
+        (["simulate", "--out", "OUT", "--n", "0"], "--n must be at least 1"),
         (["data", "import-pocus", "DATA", "--out", "OUT", "--rate", "0"], "--rate"),
         (["eval-cls", "--run", "DATA", "--n-boot", "0"], "--n-boot"),
     ],

@@ -4,18 +4,22 @@
 which the fold with the best validation score is taken), fits a temperature on that fold's held-out
 predictions, fits the OOD detector on frames of its training part, and saves the model as safetensors plus
 JSON (``pleura.models.save_model``) with all of that in the JSON's metadata. ``pleura predict`` and
-``pleura.Predictor`` take this file.
+``pleura.Predictor`` take this file. ``refit_ood`` refits the detector of an existing file on the frames of
+chosen patients, with the same fitting code (``fit_ood``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import nn
 
 from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
@@ -24,6 +28,9 @@ from pleura.infer.ood import OODDetector
 from pleura.models import save_model
 
 BUNDLE_KIND = "pleura-predictor"
+OOD_BATCH = 32  # frames per forward pass when computing pooled features for the OOD fit
+SAVE_ATTEMPTS = 32  # saves tried by refit_ood until the weights file is byte-identical to the original
+log = logging.getLogger(__name__)
 
 
 def _pick_fold(run: Path) -> Path:
@@ -36,12 +43,129 @@ def _pick_fold(run: Path) -> Path:
     return max(folds, key=lambda p: json.loads((p / "summary.json").read_text()).get("best_val_score") or -1.0)
 
 
+def cleaned_frames(data: Path, rows: Sequence[dict[str, str]], side: int) -> np.ndarray:
+    """Dataset frames as the predictor makes them: cleaned (scan area found, fitted to ``side``), (N, side, side)."""
+    out = np.empty((len(rows), side, side), np.uint8)
+    for i, r in enumerate(rows):
+        out[i] = clean_clip(np.asarray(Image.open(data / r["image"]).convert("L")), side)[0][0]
+    return out
+
+
+def pooled_features(model: nn.Module, frames: np.ndarray) -> np.ndarray | None:
+    """The classifier head's pooled features (N, F) of cleaned frames (N, S, S) uint8, as the predictor's
+    engines compute them (``None`` for a model without a head)."""
+    from pleura.infer.engine import TorchEngine
+
+    engine = TorchEngine(model, image_size=frames.shape[-1])
+    parts = [
+        engine.run(frames[i : i + OOD_BATCH, None].astype(np.float32) / 255.0).features
+        for i in range(0, len(frames), OOD_BATCH)
+    ]
+    return None if not parts or parts[0] is None else np.concatenate(parts)
+
+
+def fit_ood(
+    model: nn.Module,
+    frames: np.ndarray,
+    groups: Sequence[str] | None = None,
+    calib_frames: np.ndarray | None = None,
+    **options: Any,
+) -> OODDetector:
+    """The OOD detector of ``model`` fitted on cleaned real training frames (N, S, S) and their pooled features.
+
+    Thresholds come from ``calib_frames`` (frames of other patients) if given, else from distances cross-fitted
+    over ``groups`` (the patient or clip id of each frame); ``options`` go to :meth:`OODDetector.fit`.
+    """
+    calib_features = None if calib_frames is None else pooled_features(model, calib_frames)
+    return OODDetector.fit(
+        frames, pooled_features(model, frames), groups=groups, calib_frames=calib_frames,
+        calib_features=calib_features, **options,
+    )  # fmt: skip
+
+
+def refit_ood(
+    model_path: str | Path,
+    dataset_dir: str | Path,
+    train_ids: Collection[str],
+    calib_ids: Collection[str] | None = None,
+    out_path: str | Path | None = None,
+    *,
+    group: str = "patient_id",
+    **options: Any,
+) -> tuple[Path, dict]:
+    """Refit the OOD detector of a predictor file on real frames and save the file again (weights unchanged).
+
+    Args:
+        model_path: the predictor's ``.safetensors`` (its ``.json`` beside it).
+        dataset_dir: a manifest dataset of real frames (``pleura data import-pocus``'s output).
+        train_ids: values of ``group`` (patients) whose frames the detector's statistics are fitted on: the
+            model's training patients, never the patients it is evaluated on.
+        calib_ids: patients whose frames set the thresholds (disjoint from ``train_ids``); ``None``
+            cross-fits them over ``train_ids`` (each part of the patients scored by statistics fitted without
+            it), which uses every training patient once as held out.
+        out_path: where to write; ``None`` rewrites ``model_path``.
+        group: the manifest column the ids are values of.
+        **options: passed to :meth:`OODDetector.fit` (``quantile``, ``margin``, ``network_margin``, ``folds``).
+
+    Returns:
+        ``(weights path, metadata)`` as written by ``save_model``; the weights file keeps its exact bytes.
+    """
+    from pleura.models import load_model
+
+    model, meta = load_model(model_path)
+    data = Path(dataset_dir)
+    rows = read_manifest(data)
+    train_ids, calib = set(train_ids), set(calib_ids or ())
+    if train_ids & calib:
+        raise ValueError(f"train_ids and calib_ids share {len(train_ids & calib)} {group} value(s); keep them apart")
+    train_rows = [r for r in rows if r.get(group) in train_ids]
+    calib_rows = [r for r in rows if r.get(group) in calib]
+    if not train_rows or (calib_ids is not None and not calib_rows):
+        raise ValueError(
+            f"{data}: no frames of the given {group} values ({len(train_rows)} to fit, {len(calib_rows)} to "
+            f"calibrate); pass values of the manifest's {group!r} column"
+        )
+    side = int((meta.get("image_size") or [256])[0])
+    frames = cleaned_frames(data, train_rows, side)
+    calib_frames = cleaned_frames(data, calib_rows, side) if calib_ids is not None else None
+    detector = fit_ood(model, frames, [r[group] for r in train_rows], calib_frames, **options)
+    meta = {**meta, "ood": detector.to_dict()}
+    meta["ood_data"] = {
+        "dataset": data.name, "group": group, "fit_groups": len(train_ids), "calib_groups": len(calib),
+        "fit_frames": len(train_rows), "calib_frames": len(calib_rows),
+        "thresholds": "calibration groups" if calib_ids is not None else "cross-fitted over the fit groups",
+    }  # fmt: skip
+    log.info(
+        "refitted the OOD detector of %s on %d frames (%d %s values): image threshold %.3g, network threshold %s",
+        model_path, len(frames), len(train_ids), group, detector.image.threshold,
+        f"{detector.network.threshold:.3g}" if detector.network else "none",
+    )  # fmt: skip
+    return _save_keeping_weights(model, Path(model_path), Path(out_path or model_path), meta), meta
+
+
+def _save_keeping_weights(model: nn.Module, source: Path, out: Path, meta: dict) -> Path:
+    """``save_model(model, out, metadata=meta)``, with the weights file byte-identical to ``source``'s.
+
+    The tensors are the same, but safetensors writes its header's small metadata map in hash-map order, which
+    changes from call to call; the file is saved again (at most ``SAVE_ATTEMPTS`` times) until its bytes are the
+    original ones, so that refitting the detector leaves a shipped weights file untouched.
+    """
+    original = source.with_suffix(".safetensors").read_bytes()
+    for _ in range(SAVE_ATTEMPTS):
+        path = save_model(model, out, metadata=meta)
+        if path.read_bytes() == original:
+            return path
+    log.warning("%s: saved with the same tensors, but its header bytes differ from %s's", path, source)
+    return path
+
+
 def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed: int = 0) -> tuple[Path, dict]:
     """Write the predictor file ``out`` (``.safetensors`` plus its ``.json``) from a ``train-cls`` run.
 
     Returns:
         ``(weights path, metadata)``; the metadata holds ``temperature``, the held-out ECE before and after
-        it, the ``ood`` detector, ``class_names``, ``schema`` and ``image_size``.
+        it, the ``ood`` detector (fitted by ``fit_ood`` on at most ``ood_frames`` frames of the fold's training
+        part, thresholds cross-fitted by the run's group column), ``class_names``, ``schema`` and ``image_size``.
     """
     from pleura.train.checkpoint import read_checkpoint
 
@@ -75,9 +199,10 @@ def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed:
         )
     train_rows = [r for r in read_manifest(data) if r["id"] not in held_out]
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(train_rows), size=min(ood_frames, len(train_rows)), replace=False)
-    side = int(config["image_size"][0])
-    # the detector sees frames as the predictor makes them: cleaned (scan area found, fitted to the model size)
-    frames = (clean_clip(np.asarray(Image.open(data / train_rows[i]["image"]).convert("L")), side)[0][0] for i in pick)
-    meta["ood"] = OODDetector.fit(frames).to_dict()
+    pick = sorted(rng.choice(len(train_rows), size=min(ood_frames, len(train_rows)), replace=False))
+    rows = [train_rows[i] for i in pick]
+    group = config["train"].get("group") or "patient_id"
+    group = group if all(r.get(group) for r in rows) else "clip_id"
+    frames = cleaned_frames(data, rows, int(config["image_size"][0]))
+    meta["ood"] = fit_ood(model, frames, [r[group] for r in rows]).to_dict()
     return save_model(model, out, metadata=meta), meta

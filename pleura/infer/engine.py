@@ -3,6 +3,9 @@
 Both engines take ``x``, float32 ``(B, in_channels, H, W)``, and return ``(logits, seg_logits)``:
 ``logits`` ``(B, K)`` class logits (``None`` for a segmentation-only U-Net) and ``seg_logits``
 ``(B, C, H, W)`` (``None`` for a classifier with the ``bottleneck`` tap, which never runs the decoder).
+``engine.run(x)`` returns an :class:`EngineOutput` that adds ``features`` ``(B, F)``, the classifier head's
+pooled features from the same pass (what the out-of-distribution detector reads; ``None`` for a U-Net or
+an ONNX file exported without them).
 They expose ``class_names`` (the classifier's diagnoses, or the segmentation classes of a U-Net whose
 schema is known), ``seg_class_names``, ``schema`` and ``image_size``, so a caller resizes and labels frames
 without knowing which engine runs.
@@ -10,6 +13,10 @@ without knowing which engine runs.
 Example:
     >>> engine = make_engine("model.onnx")  # or make_engine(model), make_engine(model, engine="onnx")
     >>> logits, seg_logits = engine(frames)
+    >>> logits, seg_logits, features = engine.run(frames)
+
+ONNX Runtime's telemetry is turned off (``ORT_DISABLE_TELEMETRY=1`` unless the caller set it, before it is
+imported; it would otherwise write ``~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db``).
 """
 
 from __future__ import annotations
@@ -20,17 +27,34 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from pleura.infer.export import FORMAT, INPUT_NAME, _seg_class_names, _unet_of, onnx_bytes, prepare_for_inference
+from pleura.infer.export import (
+    FORMAT,
+    INPUT_NAME,
+    _seg_class_names,
+    _unet_of,
+    import_onnxruntime,
+    onnx_bytes,
+    prepare_for_inference,
+)
 from pleura.models.classifier import ReverseTransferClassifier
 
 ENGINES: tuple[str, ...] = ("torch", "onnx")
 FRAME_PARALLEL_MIN_SIDE = 256  # OnnxEngine runs batches of frames this large (or larger) one frame per thread
 Outputs = tuple[np.ndarray | None, np.ndarray | None]
+
+
+class EngineOutput(NamedTuple):
+    """What ``engine.run(x)`` returns: NumPy float32 arrays, or ``None`` where the model has no such output."""
+
+    logits: np.ndarray | None  # (B, K) class logits; None for a segmentation-only U-Net
+    seg_logits: np.ndarray | None  # (B, C, H, W) segmentation logits; None for the bottleneck tap
+    features: np.ndarray | None  # (B, F) the classifier head's pooled features (its linear layer's input)
 
 
 class Engine:
@@ -51,8 +75,14 @@ class Engine:
             raise ValueError(f"engine input H and W should be multiples of {self.size_multiple}, got {x.shape[2:]}")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def __call__(self, x: np.ndarray) -> Outputs:
+    def run(self, x: np.ndarray) -> EngineOutput:
+        """Class logits, segmentation logits and the head's pooled features of a batch, from one pass."""
         raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> Outputs:
+        """``(logits, seg_logits)`` of a batch (``run`` without the features)."""
+        out = self.run(x)
+        return out.logits, out.seg_logits
 
 
 class TorchEngine(Engine):
@@ -87,15 +117,15 @@ class TorchEngine(Engine):
         if self.device.type == "cuda":
             self.amp = amp or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
-    def __call__(self, x: np.ndarray) -> Outputs:
+    def run(self, x: np.ndarray) -> EngineOutput:
         batch = torch.from_numpy(self._check(x)).to(self.device, non_blocking=True)
         amp = torch.autocast(self.device.type, self.amp) if self.amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), amp:
             if self.with_classifier:
-                logits, seg = self.model.forward_with_segmentation(batch)
+                logits, seg, features = self.model.forward_with_features(batch)
             else:
-                logits, seg = None, self.model(batch)
-        return _numpy(logits), _numpy(seg)
+                logits, seg, features = None, self.model(batch), None
+        return EngineOutput(_numpy(logits), _numpy(seg), _numpy(features))
 
 
 class OnnxEngine(Engine):
@@ -124,8 +154,7 @@ class OnnxEngine(Engine):
         providers: list[str] | None = None,
         frame_parallel: bool | None = None,
     ) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         what = "the ONNX bytes" if isinstance(path, bytes) else str(path)
         if not isinstance(path, bytes):
             path = Path(path)
@@ -173,7 +202,7 @@ class OnnxEngine(Engine):
             raise ValueError(f"this ONNX model takes {self.image_size}x{self.image_size} frames, got {x.shape[2:]}")
         return x
 
-    def __call__(self, x: np.ndarray) -> Outputs:
+    def run(self, x: np.ndarray) -> EngineOutput:
         x = self._check(x)
         if self._pool is None or len(x) == 1:
             results = self.session.run(self.outputs, {self.input_name: x})
@@ -182,7 +211,7 @@ class OnnxEngine(Engine):
             frames = list(self._pool.map(lambda i: single.run(self.outputs, {name: x[i : i + 1]}), range(len(x))))
             results = [np.concatenate(parts) for parts in zip(*frames, strict=True)]
         got = dict(zip(self.outputs, results, strict=True))
-        return got.get("logits"), got.get("seg_logits")
+        return EngineOutput(got.get("logits"), got.get("seg_logits"), got.get("features"))
 
 
 def make_engine(
@@ -193,7 +222,8 @@ def make_engine(
     Args:
         model_or_path: a ``UNet`` / ``ReverseTransferClassifier``, or a path to one saved or exported.
         engine: ``"torch"`` or ``"onnx"``; ``None`` means ``"onnx"`` for an ``.onnx`` file, else ``"torch"``.
-            ``"onnx"`` for a model or checkpoint exports it in memory first (needs ``onnx``, ``onnxruntime``).
+            ``"onnx"`` for a model or checkpoint exports it in memory first (needs ``onnx``, ``onnxruntime``),
+            with the pooled-features output, so both engines give ``run(x).features``.
         image_size: frame size for a model or checkpoint (an ONNX file records its own).
         **kwargs: passed to the engine (``threads`` for ONNX Runtime, ``amp`` for PyTorch).
 
@@ -214,7 +244,7 @@ def make_engine(
         model, _ = load_model(path)
     if (engine or "torch") == "torch":
         return TorchEngine(model, image_size=image_size, **kwargs)
-    return OnnxEngine(onnx_bytes(model, image_size=image_size), **kwargs)
+    return OnnxEngine(onnx_bytes(model, image_size=image_size, features=True), **kwargs)
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:

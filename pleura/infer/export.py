@@ -4,7 +4,9 @@
 into the convolution before it, each skip-concatenating convolution's weight split once into its two input
 slices (contiguous) instead of sliced on every call, and every level channels-last. :func:`export_onnx`
 writes that copy as a self-describing ONNX file: the model's JSON config, pleura version, class names and
-schema sit in the file's ``metadata_props``, so :class:`pleura.infer.OnnxEngine` needs nothing else.
+schema sit in the file's ``metadata_props``, so :class:`pleura.infer.OnnxEngine` needs nothing else. With
+``features=True`` a classifier's graph also outputs the head's pooled features (``features``, after
+``logits`` and ``seg_logits``), which the out-of-distribution detector reads; ``make_engine`` exports so.
 
 The export uses torch's TorchScript-based exporter (``dynamo=False``): it needs no ``onnxscript`` and gives
 a flat graph of Conv / Relu / Add / MaxPool / ConvTranspose nodes that ONNX Runtime fuses (Conv + Add + Relu)
@@ -28,6 +30,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -37,11 +40,25 @@ from pleura.atomic import write_bytes
 from pleura.models.classifier import ReverseTransferClassifier
 from pleura.models.unet import SkipConcatConv, UNet
 
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # read when onnxruntime is imported; a caller's value wins
+
 FORMAT = "pleura-onnx"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 17
 VERIFY_TOLERANCE = 1e-4  # max |ONNX Runtime - PyTorch| accepted by ``verify=True``
 INPUT_NAME = "image"
+
+
+def import_onnxruntime() -> ModuleType:
+    """``onnxruntime``, with its telemetry off: it writes a usage database under
+    ``~/.cache/Microsoft/DeveloperTools/`` at import unless ``ORT_DISABLE_TELEMETRY`` is set (done above, when
+    pleura.infer is imported first), and sends session events unless ``disable_telemetry_events`` is called."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    if os.environ.get("ORT_DISABLE_TELEMETRY", "1") not in ("0", ""):
+        ort.disable_telemetry_events()
+    return ort
 
 
 # ----------------------------------------------------------------------------------------------- inference copy
@@ -198,6 +215,19 @@ class _ClassLogits(nn.Module):
         return self.model(x)
 
 
+class _WithFeatures(nn.Module):
+    """``forward(x) -> (class logits[, segmentation logits], pooled features)``: the outputs above plus the
+    head's pooled features (``forward_with_features``), which the OOD detector reads, from the same pass."""
+
+    def __init__(self, model: ReverseTransferClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        logits, seg, pooled = self.model.forward_with_features(x)
+        return (logits, pooled) if seg is None else (logits, seg.contiguous(), pooled)
+
+
 class _Segmentation(nn.Module):
     def __init__(self, model: UNet) -> None:
         super().__init__()
@@ -301,6 +331,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     verify: bool = False,
     optimize: bool = True,
+    features: bool = False,
 ) -> Path:
     """Write ``model`` (a ``ReverseTransferClassifier`` or ``UNet``) to ``path`` as ONNX, atomically.
 
@@ -314,16 +345,19 @@ def export_onnx(
             output differs from PyTorch's (the original ``model`` in eval mode) by more than ``1e-4``.
         optimize: export :func:`prepare_for_inference`'s copy (BatchNorm folded, split skip convolutions);
             ``False`` exports the modules as they are.
+        features: a classifier's graph also outputs ``features`` ``(B, F)``, the head's pooled features (the
+            input of its last linear layer) that the out-of-distribution detector reads; same pass, no extra cost.
 
     Returns:
         The path written. Input: ``image`` ``(B, in_channels, image_size, image_size)`` float32. Outputs:
         ``logits`` ``(B, K)`` and ``seg_logits`` ``(B, C, H, W)`` for a classifier (``logits`` only for the
-        ``bottleneck`` tap), ``seg_logits`` for a U-Net; the metadata (:func:`model_metadata`) names them.
+        ``bottleneck`` tap), then ``features`` if asked for; ``seg_logits`` for a U-Net; the metadata
+        (:func:`model_metadata`) names them.
 
     Example:
         >>> export_onnx(model, "exports/model.onnx", image_size=256, verify=True)
     """
-    data = onnx_bytes(model, image_size=image_size, opset=opset, optimize=optimize)
+    data = onnx_bytes(model, image_size=image_size, opset=opset, optimize=optimize, features=features)
     if verify:
         verify_onnx(model, data)
     path = Path(path)
@@ -332,8 +366,16 @@ def export_onnx(
     return path
 
 
-def onnx_bytes(model: nn.Module, *, image_size: int = 256, opset: int = DEFAULT_OPSET, optimize: bool = True) -> bytes:
-    """The serialised, checked ONNX model :func:`export_onnx` writes (metadata included)."""
+def onnx_bytes(
+    model: nn.Module,
+    *,
+    image_size: int = 256,
+    opset: int = DEFAULT_OPSET,
+    optimize: bool = True,
+    features: bool = False,
+) -> bytes:
+    """The serialised, checked ONNX model :func:`export_onnx` writes (metadata included); ``features`` adds a
+    classifier's pooled features as the last output (ignored for a U-Net, which has no head)."""
     import onnx
 
     unet = _unet_of(model)
@@ -345,10 +387,11 @@ def onnx_bytes(model: nn.Module, *, image_size: int = 256, opset: int = DEFAULT_
     body = prepare_for_inference(model, channels_last=False) if optimize else copy.deepcopy(model).eval()
     body = body.to("cpu", torch.float32)
     if isinstance(model, ReverseTransferClassifier):
-        if model.tap == "bottleneck":
-            wrapper, outputs = _ClassLogits(body), ["logits"]
+        outputs = ["logits"] if model.tap == "bottleneck" else ["logits", "seg_logits"]
+        if features:
+            wrapper, outputs = _WithFeatures(body), [*outputs, "features"]
         else:
-            wrapper, outputs = _WithSegmentation(body), ["logits", "seg_logits"]
+            wrapper = _ClassLogits(body) if model.tap == "bottleneck" else _WithSegmentation(body)
     else:
         wrapper, outputs = _Segmentation(body), ["seg_logits"]
     wrapper.eval()
@@ -385,8 +428,7 @@ def verify_onnx(
     Returns:
         The largest absolute difference over the outputs; ``RuntimeError`` if it exceeds ``tolerance``.
     """
-    import onnxruntime as ort
-
+    ort = import_onnxruntime()
     if not isinstance(data, bytes):
         data = Path(data).read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -397,8 +439,10 @@ def verify_onnx(
     reference = copy.deepcopy(model).eval().to("cpu", torch.float32)
     with torch.inference_mode():
         if isinstance(model, ReverseTransferClassifier):
-            logits, seg = reference.forward_with_segmentation(x)
+            logits, seg, pooled = reference.forward_with_features(x)
             expected = [logits] if seg is None else [logits, seg]
+            if "features" in outputs:
+                expected.append(pooled)
         else:
             expected = [reference(x)]
     got = session.run(outputs, {INPUT_NAME: x.numpy()})

@@ -2,8 +2,9 @@
 
 A file is streamed (``pleura.data.readers``): the scan area is found on the first frames, every frame is
 cleaned with it and resized as the model was trained, frames go through the engine in batches, and each
-gets calibrated class probabilities, its segmentation's biomarkers and an out-of-distribution flag. The
-clip's diagnosis is the mean of its in-distribution frames' probabilities (all frames if none is).
+gets calibrated class probabilities, its segmentation's biomarkers and an out-of-distribution flag (from its
+image statistics and the classifier's pooled features of the same pass: ``pleura.infer.ood``). The clip's
+diagnosis is the mean of its in-distribution frames' probabilities (all frames if none is).
 
 Example:
     >>> predictor = Predictor("model.safetensors")  # a file written by ``pleura export model``
@@ -17,7 +18,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,6 +32,15 @@ from pleura.infer.ood import OODDetector
 AREA_FRAMES = 32  # frames read ahead to find a clip's scan area
 
 
+class FramePredictions(NamedTuple):
+    """What :meth:`Predictor.predict_frames` returns for N cleaned frames."""
+
+    probabilities: np.ndarray  # (N, K) calibrated class probabilities
+    labels: np.ndarray  # (N, S, S) uint8 segmentation label maps
+    ood: np.ndarray  # (N,) bool: out of distribution (always False without a detector)
+    ood_score: np.ndarray  # (N,) the detector's score (> 1: flagged; 0 without a detector)
+
+
 @dataclass
 class FrameResult:
     """One frame's prediction."""
@@ -41,7 +51,7 @@ class FrameResult:
     diagnosis: str
     biomarkers: dict[str, Any]  # from the frame's segmentation (``pleura.evaluate.biomarkers``)
     ood: bool  # not like the training frames (or no scan area): do not trust this frame
-    ood_score: float  # Mahalanobis distance of its image statistics; the flag is distance > threshold
+    ood_score: float  # max of image-statistics and network-feature distances / their thresholds; flagged > 1
 
 
 @dataclass
@@ -118,7 +128,11 @@ class Predictor:
         self.class_names = tuple(self.model.config.class_names)
         self.schema = self.model.unet.config.schema or "dense"
         self.temperature = float(self.meta.get("temperature", 1.0))
-        self.ood = OODDetector.from_dict(self.meta["ood"]) if "ood" in self.meta else None
+        features = self.model.head.num_features
+        try:
+            self.ood = OODDetector.from_dict(self.meta["ood"], features) if "ood" in self.meta else None
+        except ValueError as err:
+            raise ValueError(f"{self.path}: {err}") from None
         if engine == "onnx" and device == "cuda":
             raise ValueError("the onnx engine runs on the CPU; use --engine torch for --device cuda")
         target = pick_device(device)
@@ -136,10 +150,13 @@ class Predictor:
         for f in itertools.chain(head, frames):
             yield f, fit_to_size(remove_overlays(f.image, area=area), area, self.size), area
 
-    def predict_frames(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated probabilities (N, K) and segmentation label maps (N, S, S) of cleaned frames (N, S, S)."""
+    def predict_frames(self, images: np.ndarray) -> FramePredictions:
+        """Probabilities, label maps and OOD flags of cleaned frames (N, S, S) uint8, from one engine pass.
+
+        Unpacks as ``prob, labels, ood, ood_score``; ``prob, labels = result[:2]`` as before the OOD flags.
+        """
         x = images.astype(np.float32)[:, None] / 255.0
-        logits, seg = self.engine(x)
+        logits, seg, features = self.engine.run(x)
         prob = softmax(logits, self.temperature)
         if seg is None:  # the bottleneck tap skips the decoder; the explanation needs it
             import torch
@@ -147,7 +164,11 @@ class Predictor:
             with torch.inference_mode():
                 device = next(self.model.parameters()).device
                 seg = self.model.unet(torch.from_numpy(x).to(device)).float().cpu().numpy()
-        return prob, seg.argmax(axis=1).astype(np.uint8)
+        if self.ood is not None:
+            ood, score = self.ood.flags(images, features)
+        else:
+            ood, score = np.zeros(len(images), bool), np.zeros(len(images))
+        return FramePredictions(prob, seg.argmax(axis=1).astype(np.uint8), ood, score)
 
     def predict(self, path: str | Path, on_frame: FrameHook | None = None) -> ClipResult:
         """Predict one file; ``on_frame(result, cleaned image, label map)`` is called for every frame
@@ -163,9 +184,8 @@ class Predictor:
         while batch := list(itertools.islice(stream, self.batch_size)):
             probe = batch[0][2].probe
             images = np.stack([b[1] for b in batch])
-            prob, labels = self.predict_frames(images)
-            for (frame, image, _), p, lab in zip(batch, prob, labels, strict=True):
-                flag, score = self.ood.flag(image) if self.ood is not None else (False, 0.0)
+            prob, labels, flags, scores = self.predict_frames(images)
+            for (frame, image, _), p, lab, flag, score in zip(batch, prob, labels, flags, scores, strict=True):
                 k = int(np.argmax(p))
                 results.append(
                     FrameResult(

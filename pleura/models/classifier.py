@@ -250,6 +250,13 @@ class ReverseTransferClassifier(nn.Module):
         parts, seg_logits = self._run(x, segmentation=True)
         return self.forward_head(parts), seg_logits
 
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Class logits, segmentation logits (``None`` for the ``bottleneck`` tap) and the head's pooled features
+        ``(B, head.num_features)``, the input of its linear layer, from one pass (the OOD detector reads them)."""
+        parts, seg_logits = self._run(x, segmentation=True)
+        pooled = self.forward_head(parts, pre_logits=True)
+        return self.head.fc(self.head.dropout(pooled)), seg_logits, pooled
+
     def reset_classifier(self, num_classes: int, class_names: tuple[str, ...] | None = None) -> None:
         """Replace the final linear layer with a fresh one for ``num_classes`` outputs named ``class_names``."""
         if class_names is None and num_classes != self._config.num_classes:
