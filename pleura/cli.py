@@ -608,9 +608,13 @@ def predict(
                     for f in files:
                         try:
                             result = writer.predict(f)
+                            verdict = (
+                                f"{result.diagnosis} ({result.probabilities[result.diagnosis]:.2f})"
+                                if result.diagnosis
+                                else "no diagnosis: not like lung ultrasound"
+                            )
                             line = (
-                                f"{f}: {result.diagnosis} ({result.probabilities[result.diagnosis]:.2f}), "
-                                f"{len(result.frames)} frames, {result.ood_frames} out of distribution"
+                                f"{f}: {verdict}, {len(result.frames)} frames, {result.ood_frames} out of distribution"
                             )
                             bar.console.print(say(line), highlight=False, soft_wrap=True)
                         except (ReadError, ValueError, OSError) as e:

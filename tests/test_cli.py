@@ -169,3 +169,18 @@ def test_numeric_options_are_checked_before_any_work(tmp_path: Path, args: list[
     code, output = _run(*[str(names.get(a, a)) for a in args])
     assert code == 2 and message in output
     assert not (tmp_path / "OUT").exists()
+
+
+def test_a_photograph_gets_no_diagnosis_from_the_shipped_model(tmp_path: Path):
+    """scikit-learn's sample photos got "pneumonia (0.76)" before (issue 12, defect 4): now no diagnosis at all."""
+    import json
+
+    from sklearn.datasets import load_sample_image
+
+    for name in ("flower.jpg", "china.jpg"):
+        Image.fromarray(load_sample_image(name)).save(tmp_path / name)
+    code, output = _run("predict", tmp_path / "flower.jpg", tmp_path / "china.jpg", "--out", tmp_path / "pred")
+    assert code == 0, output
+    assert output.count("no diagnosis: not like lung ultrasound") == 2
+    doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert [f["diagnosis"] for f in doc["files"]] == [None, None]

@@ -60,7 +60,7 @@ class ClipResult:
 
     path: str
     probabilities: dict[str, float]  # mean of the in-distribution frames' (all frames' if none is)
-    diagnosis: str
+    diagnosis: str | None  # the most probable class; None when every frame is out of distribution (not LUS)
     biomarkers: dict[str, Any]  # max of counts and score, mean of fractions, any of flags over frames
     frames: list[FrameResult] = field(default_factory=list)
     ood_frames: int = 0
@@ -199,12 +199,14 @@ class Predictor:
                     on_frame(results[-1], image, lab)
         if not results:
             raise ReadError(f"{path}: no frames to predict")
-        good = [r for r in results if not r.ood] or results
+        good = [r for r in results if not r.ood] or results  # a file with no in-distribution frame gets no diagnosis
         mean = np.mean([[r.probabilities[c] for c in self.class_names] for r in good], axis=0)
         return ClipResult(
             path=str(path),
             probabilities={c: float(v) for c, v in zip(self.class_names, mean, strict=True)},
-            diagnosis=self.class_names[int(np.argmax(mean))],
+            diagnosis=None
+            if good is results and all(r.ood for r in results)
+            else self.class_names[int(np.argmax(mean))],
             biomarkers=aggregate_biomarkers([r.biomarkers for r in good]),
             frames=results,
             ood_frames=sum(r.ood for r in results),

@@ -23,7 +23,8 @@ from pleura.infer.predictor import ClipResult, FrameResult, Predictor
 
 def _title(result: FrameResult | ClipResult) -> str:
     p = result.probabilities
-    return f"{result.diagnosis} " + " ".join(f"{k} {v:.2f}" for k, v in p.items())
+    head = result.diagnosis or "no diagnosis (out of distribution):"
+    return f"{head} " + " ".join(f"{k} {v:.2f}" for k, v in p.items())
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -81,7 +82,7 @@ class PredictionWriter:
             raise
         if movie is not None:
             movie.close()
-        k = self.predictor.class_names.index(best["result"].diagnosis)
+        k = self.predictor.class_names.index(best["result"].diagnosis)  # frames always have one
         cam = class_activation_map(self.predictor.model, best["image"], k)
         save_png(annotated_panel(best["image"], best["labels"], schema, _title(result), cam), self.out / f"{name}.png")
         self.results.append(result)
