@@ -35,12 +35,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_infer.py
 	$(BIN)/python benchmarks/bench_infer.py --size 128 --widths 4 8 --out benchmarks/results/infer128.json
 	$(BIN)/python benchmarks/bench_predict.py
-	$(BIN)/python benchmarks/bench_predict.py --model models/pocus-dense-w8-128.safetensors --out benchmarks/results/predict_w8.json
+	$(BIN)/python benchmarks/bench_predict.py --model pleura/models/pretrained/pocus-dense-w8-128.safetensors --out benchmarks/results/predict_w8.json
 	$(BIN)/python benchmarks/bench_import.py
 
 ## The real-data study on ../shared/data/pocus (about an hour on the 2-core CPU).
 pocus: $(STAMP)
-	$(BIN)/pleura experiment pocus --out runs/pocus
+	$(BIN)/pleura experiment pocus --data ../shared/data/pocus --out runs/pocus
 
 clean:
 	rm -rf $(DEMO) gallery .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@
 
 Targets (issue): frames per second at 256x256 on the 2-core machine, batch 1 and batch 8, for the full
 model (``ReverseTransferClassifier.forward_with_segmentation``: class logits and segmentation logits):
-the default model (``--default-width``, 4: ``models/pocus-dense-w4-128``) at least 60 frames/s at batch 1 and
+the default model (``--default-width``, 4: ``pocus-dense-w4-128``) at least 60 frames/s at batch 1 and
 no shipped model (``--shipped-widths``, 4 and 8) under 30; at least 2x MONAI's BasicUNet of the same widths
 (``features=(w, 2w, 4w, 8w, 16w, w)``: four down-steps, as our depth 4) in PyTorch eager at the same batch;
 and the default model's GFLOP/s at batch 8 at least 60% of the machine's float32 matrix-multiply GFLOP/s

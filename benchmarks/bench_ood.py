@@ -1,8 +1,9 @@
 """Out-of-distribution check of the shipped models: non-lung-ultrasound images caught, real frames let through.
 
 Targets (issue 12, defect 4): at least 95% of at least 40 images that are not lung ultrasound flagged, and at
-most 5% of held-out real POCUS frames flagged, for both shipped models (``models/pocus-dense-w4-128``, trained
-outside fold 1's patients, and ``models/pocus-dense-w8-128``, fold 4; ``pleura experiment pocus``, seed 0).
+most 5% of held-out real POCUS frames flagged, for both shipped models (``pocus-dense-w4-128``, trained
+outside fold 1's patients, and ``pocus-dense-w8-128``, fold 4, in ``pleura/models/pretrained/``;
+``pleura experiment pocus``, seed 0).
 
 - Non-lung-ultrasound corpus: made in code (``tests/infer/ood_corpus.py``): packaged photographs with crops,
   rotations and greyscale copies, Matplotlib charts, text, screenshot-like mock-ups, gradients, checkerboards,
@@ -44,6 +45,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from pleura.models import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
@@ -248,7 +251,7 @@ def main() -> None:
     ap.add_argument("--split-data", type=Path, default=Path("/tmp/pocus128-split"), help="the experiment's import")
     ap.add_argument("--source", type=Path, default=ROOT.parent / "shared" / "data" / "pocus", help="POCUS folder")
     ap.add_argument("--refit", action="store_true", help="refit the shipped files' detectors first")
-    ap.add_argument("--models", nargs="+", default=list(SHIPPED), help="shipped file stems (models/STEM.safetensors)")
+    ap.add_argument("--models", nargs="+", default=list(SHIPPED), help="shipped model names (pleura.models.PRETRAINED)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "ood.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -262,7 +265,7 @@ def main() -> None:
     refits = {}
     if args.refit:
         for stem in args.models:
-            weights = ROOT / "models" / f"{stem}.safetensors"
+            weights = pretrained(stem)
             before = hashlib.sha256(weights.read_bytes()).hexdigest()
             train_ids, _ = fold_patients(split_rows, SHIPPED[stem])
             t0 = time.perf_counter()
@@ -272,10 +275,7 @@ def main() -> None:
             refits[stem] = round(time.perf_counter() - t0, 1)
     with tempfile.TemporaryDirectory(prefix="pleura-ood-") as tmp:
         files = corpus_files(Path(tmp))
-        results = [
-            measure(ROOT / "models" / f"{s}.safetensors", SHIPPED[s], data, rows, split_rows, files)
-            for s in args.models
-        ]
+        results = [measure(pretrained(s), SHIPPED[s], data, rows, split_rows, files) for s in args.models]
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),

@@ -290,7 +290,14 @@ def eval_cls(
     typer.echo((run / "eval.md").read_text())
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "pocus-dense-w4-128.safetensors"
+def _default_model() -> Path:
+    """The shipped default model (package data), as the default of every ``--model``."""
+    from pleura.models import pretrained
+
+    return pretrained()
+
+
+DEFAULT_MODEL = _default_model()
 
 
 @app.command("eval-model")
@@ -315,12 +322,13 @@ def eval_model(
 
 data_app = typer.Typer(no_args_is_help=True, help="Bring real data in: import datasets into manifest folders.")
 app.add_typer(data_app, name="data")
-DEFAULT_POCUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pocus"
 
 
 @data_app.command("import-pocus")
 def import_pocus_cmd(
-    src: Path = typer.Argument(DEFAULT_POCUS, help="The POCUS folder (manifest.csv and class folders)."),
+    src: Path = typer.Argument(
+        ..., help="The POCUS folder (manifest.csv and class folders), e.g. ../shared/data/pocus.", **DATASET
+    ),
     out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent unless --overwrite)."),
     rate: float = typer.Option(3.0, "--rate", help="Frames sampled per second of clip.", callback=_positive),
     max_per_clip: int = typer.Option(30, "--max-per-clip", help="At most this many frames per clip.", min=1),
@@ -400,7 +408,12 @@ def dense_vs_sparse(
 
 @experiment_app.command("pocus")
 def pocus_experiment(
-    data: Path = typer.Option(DEFAULT_POCUS, "--data", help="POCUS folder, or a dataset made by data import-pocus."),
+    data: Path = typer.Option(
+        ...,
+        "--data",
+        help="POCUS folder (e.g. ../shared/data/pocus), or a dataset made by data import-pocus.",
+        **DATASET,
+    ),
     out: Path = typer.Option(Path("runs/pocus"), "--out", help="Experiment folder (stages are cached there)."),
     quick: bool = typer.Option(False, "--quick", help="A smoke-sized run (minutes)."),
     full: bool = typer.Option(False, "--full", help="The larger run for a GPU (256 px, width 16, 30 epochs)."),
@@ -589,8 +602,7 @@ def predict(
     except ValueError as e:
         fail(str(e))
     if not model.exists():
-        hint = " (the shipped default lives in a source checkout's models/ folder)" if model == DEFAULT_MODEL else ""
-        fail(f"{model}: model not found{hint}; pass --model FILE")
+        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
     for _, problem in failed:
         err.print(f"[yellow]failed[/] {say(problem)}", highlight=False, soft_wrap=True)
     total, unreadable = len(files) + len(failed), len(failed)

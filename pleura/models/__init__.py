@@ -10,6 +10,8 @@ Example:
 from __future__ import annotations
 
 from dataclasses import fields
+from importlib import resources
+from pathlib import Path
 
 from torch import nn
 
@@ -22,6 +24,29 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "unet": (UNet, UNetConfig),
     "reverse_transfer": (ReverseTransferClassifier, ClassifierConfig),  # config nests the U-Net's under "unet"
 }
+
+
+PRETRAINED: dict[str, str] = {  # name -> what it is; the files live in pleura/models/pretrained/ (package data)
+    "pocus-dense-w4-128": "width-4 reverse-transfer classifier, 128 px, trained on POCUS (the default)",
+    "pocus-dense-w8-128": "width-8 reverse-transfer classifier, 128 px, trained on POCUS",
+}
+DEFAULT_PRETRAINED = "pocus-dense-w4-128"
+
+
+def pretrained(name: str = DEFAULT_PRETRAINED) -> Path:
+    """Path of a model file shipped inside the package (``load_model`` and ``pleura.Predictor`` take it).
+
+    Read through ``importlib.resources``, so it works from a source checkout and from an installed wheel.
+
+    Example:
+        >>> model, meta = load_model(pretrained())  # the default, pocus-dense-w4-128
+    """
+    if name not in PRETRAINED:
+        raise KeyError(f"unknown pretrained model {name!r}; choose one of: {', '.join(PRETRAINED)}")
+    path = Path(str(resources.files("pleura.models") / "pretrained" / f"{name}.safetensors"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the shipped model file is missing from this installation of pleura")
+    return path
 
 
 def create_model(name: str, **config_kwargs) -> nn.Module:
@@ -42,7 +67,9 @@ def create_model(name: str, **config_kwargs) -> nn.Module:
 
 
 __all__ = [
+    "DEFAULT_PRETRAINED",
     "MODELS",
+    "PRETRAINED",
     "ClassifierConfig",
     "ReverseTransferClassifier",
     "UNet",
@@ -50,5 +77,6 @@ __all__ = [
     "UNetFeatures",
     "create_model",
     "load_model",
+    "pretrained",
     "save_model",
 ]

@@ -26,8 +26,8 @@ from pleura.infer.predictor import Predictor
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "models").glob("*.safetensors"))
-DEFAULT = ROOT / "models" / "pocus-dense-w4-128.safetensors"
+SHIPPED = sorted((ROOT / "pleura" / "models" / "pretrained").glob("*.safetensors"))
+DEFAULT = ROOT / "pleura" / "models" / "pretrained" / "pocus-dense-w4-128.safetensors"
 TARGET = 0.95  # share of non-lung-ultrasound images that must be flagged (issue 12)
 
 
