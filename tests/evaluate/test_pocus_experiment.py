@@ -51,6 +51,9 @@ def test_pocus_cli_usage_error(tmp_path: Path) -> None:
 
     from pleura.cli import app
 
-    result = CliRunner().invoke(app, ["experiment", "pocus", "--out", str(tmp_path / "x"), "--inits", "dense,foo"])
+    args = ["experiment", "pocus", "--data", str(tmp_path), "--out", str(tmp_path / "x"), "--inits", "dense,foo"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "unknown variants" in result.output
+    result = CliRunner().invoke(app, ["experiment", "pocus", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--data" in result.output  # no guessed path to ../shared
     assert not (tmp_path / "x").exists()  # refused before any work
