@@ -4,7 +4,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pleura-installed
 DEMO  ?= demo
 
-.PHONY: setup demo gallery test lint bench pocus clean
+.PHONY: setup demo gallery test test-fast wheel-check lint bench pocus clean
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -20,9 +20,17 @@ demo: $(STAMP)
 gallery: $(STAMP)
 	$(BIN)/pleura simulate --out gallery --n 60 --frames 4 --gallery --overwrite
 
-## The test suite (what CI runs).
+## The test suite (what CI runs), slow tests included.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## The test suite without the tests marked slow (under 2 minutes).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+## Build the wheel, install it outside the checkout, run --version, simulate and predict with it (CI runs this).
+wheel-check: $(STAMP)
+	bash scripts/wheel_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
