@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from pleura.atomic import write_json
+from pleura.data.synthetic import write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT_MB = 1024  # issue 12: the peak of predict on any single input
@@ -65,30 +66,6 @@ def write_jpeg(path: Path, side: int) -> Path:
     """A ``side`` x ``side`` RGB JPEG of crossed gradients, made within Pillow (no numpy copy)."""
     ramp = Image.linear_gradient("L").resize((side, side))
     Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.ROTATE_90), ramp)).save(path, quality=85)
-    return path
-
-
-def write_dicom(path: Path, frames: np.ndarray, **tags: object) -> Path:
-    """An 8-bit ultrasound multi-frame DICOM of ``frames`` (N, rows, cols); ``tags`` override the header."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = frames.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.FrameTime = 33.3
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = frames.astype(np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 

@@ -31,16 +31,11 @@ case "$where" in "$site"*) ;; *) echo "wheel-check: pleura imported from $where,
 "$work/venv/bin/pleura" --version
 "$work/venv/bin/pleura" simulate --out sim --n 1 --frames 6 --size 128 --workers 1 >/dev/null
 "$work/venv/bin/python" - <<'PY'
-import av, numpy as np
+import numpy as np
 from pathlib import Path
 from PIL import Image
-frames = [np.asarray(Image.open(p).convert("L")) for p in sorted(Path("sim/images").glob("*.png"))]
-with av.open("clip.mp4", "w") as box:
-    s = box.add_stream("mpeg4", rate=10)
-    s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-    for f in frames:
-        box.mux(s.encode(av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, 2), format="rgb24")))
-    box.mux(s.encode())
+from pleura.data.synthetic import write_clip
+write_clip("clip.mp4", [np.asarray(Image.open(p).convert("L")) for p in sorted(Path("sim/images").glob("*.png"))])
 PY
 "$work/venv/bin/pleura" predict clip.mp4 --out pred
 test -s pred/predictions.json && test -s pred/clip.mp4

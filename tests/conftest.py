@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
+from pleura.data.synthetic import write_clip
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.simulate.writer import simulate_clip
 
@@ -72,12 +72,7 @@ def _frames(diagnosis: str, probe: str, n: int, seed: int) -> list[np.ndarray]:
 
 
 def _write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
-    with av.open(str(path), "w") as box:
-        stream = box.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        for f in frames:
-            box.mux(stream.encode(av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, 2), format="rgb24")))
-        box.mux(stream.encode())
+    write_clip(path, frames, fps=fps)
 
 
 def make_fake_pocus(root: Path, patients_per_class: int = 3) -> Path:

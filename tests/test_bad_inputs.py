@@ -17,17 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
-import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from pleura.cli import app
+from pleura.data.synthetic import write_clip, write_dicom
 from pleura.models.io import digest
 
 SIDE = 128
@@ -46,31 +43,13 @@ def _png(path: Path, array: np.ndarray, **kw) -> Path:
     return path
 
 
-def _mp4(path: Path, n: int = 4, codec: str = "mpeg4", fmt: str = "mp4") -> Path:
-    with av.open(str(path), "w", format=fmt) as box:
-        s = box.add_stream(codec, rate=10)
-        s.width, s.height, s.pix_fmt = SIDE, SIDE, "yuv420p" if codec != "mjpeg" else "yuvj420p"
-        for k in range(n):
-            rgb = np.repeat(_frame(k)[..., None], 3, 2)
-            box.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        box.mux(s.encode())
-    return path
+def _mp4(path: Path, n: int = 4, codec: str = "mpeg4", fmt: str | None = None) -> Path:
+    return write_clip(path, [_frame(k) for k in range(n)], codec=codec, container=fmt)
 
 
 def _dicom(path: Path, frames: int = 3, pixels: bool = True, photometric: str = "MONOCHROME2") -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames = "US", SIDE, SIDE, frames
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if pixels:
-        ds.PixelData = np.stack([_frame(k) for k in range(frames)]).tobytes()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return path
+    data = np.stack([_frame(k) for k in range(frames)]) if pixels else np.zeros((frames, SIDE, SIDE, 0), np.uint8)
+    return write_dicom(path, data, photometric)
 
 
 def _png_bomb(path: Path, side: int = 13000) -> Path:
@@ -146,7 +125,7 @@ VALID_MEDIA = [
     Case("tiny-16px", lambda d: _png(d / "tiny.png", _frame()[:16, :16]), 0),
     Case("wide-1000x100", lambda d: _png(d / "wide.png", np.tile(_frame(), (1, 8))[:100, :1000]), 0),
     Case("one-frame-mp4", lambda d: _mp4(d / "one.mp4", n=1), 0),
-    Case("mjpeg-avi", lambda d: _mp4(d / "m.avi", codec="mjpeg", fmt="avi"), 0),
+    Case("mjpeg-avi", lambda d: _mp4(d / "m.avi", codec="mjpeg"), 0),
     Case("multiframe-dicom", lambda d: _dicom(d / "multi.dcm"), 0),
     Case("monochrome1-dicom", lambda d: _dicom(d / "inv.dcm", frames=1, photometric="MONOCHROME1"), 0),
     Case("png-without-suffix", lambda d: _write(d / "scan", _valid_png_bytes()), 0),

@@ -109,18 +109,12 @@ def test_a_full_disk_fails_one_file_cleanly_then_the_batch(
 ):
     """A full disk while a clip's video is written: that file fails with one line and leaves no partial clip; when
     the tables cannot be written either, the command fails with one line and leaves no output folder."""
-    import av
-
+    from pleura.data.synthetic import write_clip
     from pleura.infer import explain, report
 
     clip = tmp_path / "clip.mp4"
     frames = [np.asarray(Image.open(sim_dataset / r["image"]).convert("L")) for r in read_manifest(sim_dataset)[:4]]
-    with av.open(str(clip), "w") as box:
-        s = box.add_stream("mpeg4", rate=10)
-        s.width, s.height, s.pix_fmt = 128, 128, "yuv420p"
-        for f in frames:
-            box.mux(s.encode(av.VideoFrame.from_ndarray(np.repeat(f[..., None], 3, 2), format="rgb24")))
-        box.mux(s.encode())
+    write_clip(clip, frames)
 
     def full(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")

@@ -11,13 +11,13 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import convert_color_space
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pleura.data import readers
 from pleura.data.readers import ReadError, iter_frames, media_info, read_frames, sniff, to_gray_uint8
+from pleura.data.synthetic import write_dicom
 
 W, H, N, RATE = 64, 48, 30, 30
 CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -197,31 +197,6 @@ def test_to_gray_uint8_layouts():
     assert to_gray_uint8(np.array([[[200, 128]]], np.uint8)).tolist() == [[100]]  # grey + alpha
     with pytest.raises(ValueError, match="shape"):
         to_gray_uint8(np.zeros((2, 2, 5)))
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 8, **tags) -> Path:
-    """An ultrasound (multi-frame) image; ``pixels`` is (frames, rows, cols[, 3])."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"  # Ultrasound Multi-frame Image Storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.NumberOfFrames, ds.Rows, ds.Columns = pixels.shape[:3]
-    ds.SamplesPerPixel = 3 if pixels.ndim == 4 else 1
-    if ds.SamplesPerPixel == 3:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16 if bits > 8 else 8
-    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    if pixels.size:
-        ds.PixelData = pixels.astype(np.uint16 if bits > 8 else np.uint8).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_dicom_multiframe_cine_and_ultrasound_regions(tmp_path):
