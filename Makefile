@@ -4,7 +4,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.pleura-installed
 DEMO  ?= demo
 
-.PHONY: setup demo gallery test test-fast wheel-check lint bench pocus clean
+.PHONY: setup demo gallery test test-fast wheel-check lint bench pocus docs clean
 
 $(STAMP): pyproject.toml scripts/setup_env.sh
 	bash scripts/setup_env.sh
@@ -49,6 +49,13 @@ bench: $(STAMP)
 ## The real-data study on ../shared/data/pocus (about an hour on the 2-core CPU).
 pocus: $(STAMP)
 	$(BIN)/pleura experiment pocus --data ../shared/data/pocus --out runs/pocus
+
+## API pages generated from the docstrings with pdoc into docs/api/ (not committed; open docs/api/index.html).
+## Every module is named: pdoc follows only the submodules that a package's __all__ lists.
+API_MODULES = $(shell find pleura -name '*.py' ! -name __main__.py ! -path '*/__pycache__/*' | sort)
+docs: $(STAMP)
+	rm -rf docs/api
+	$(BIN)/python -W "ignore:The module specification:UserWarning" -m pdoc -d google -o docs/api $(API_MODULES)
 
 clean:
 	rm -rf $(DEMO) gallery .pytest_cache .ruff_cache
