@@ -5,7 +5,7 @@ most 5% of held-out real POCUS frames flagged, for both shipped models (``pocus-
 outside fold 1's patients, and ``pocus-dense-w8-128``, fold 4, in ``pleura/models/pretrained/``;
 ``pleura experiment pocus``, seed 0).
 
-- Non-lung-ultrasound corpus: made in code (``tests/infer/ood_corpus.py``): packaged photographs with crops,
+- Non-lung-ultrasound corpus: made in code (``tests/postprocess/ood_corpus.py``): packaged photographs with crops,
   rotations and greyscale copies, Matplotlib charts, text, screenshot-like mock-ups, gradients, checkerboards,
   noise, other imaging (an MRI slice, elevation maps); each image is written as a PNG and predicted by
   ``pleura.Predictor`` (ONNX Runtime engine) like any user file. Ultrasound-like frames of other organs
@@ -50,15 +50,15 @@ from pleura.models import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-sys.path.insert(0, str(ROOT / "tests" / "infer"))  # the corpus lives with the tests that use it
+sys.path.insert(0, str(ROOT / "tests" / "postprocess"))  # the corpus lives with the tests that use it
 
 import ood_corpus  # noqa: E402
 
 from pleura.atomic import write_json  # noqa: E402
 from pleura.data import group_kfold, read_manifest  # noqa: E402
 from pleura.infer.bundle import cleaned_frames, refit_ood  # noqa: E402
-from pleura.infer.ood import OODDetector  # noqa: E402
 from pleura.infer.predictor import Predictor  # noqa: E402
+from pleura.postprocess.ood import OODDetector  # noqa: E402
 
 log = logging.getLogger("bench_ood")
 SHIPPED = {  # file stem -> the fold whose held-out patients it never saw (pleura experiment pocus, seed 0)
@@ -109,8 +109,8 @@ def old_detector(model: Path, data: Path, rows: list[dict[str, str]], train_ids:
                 return OODDetector.from_dict(ood), f"as shipped (git {rev[:7]})"
     except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
         pass
-    from pleura.evaluate.domain_gap import FEATURES, frame_statistics
-    from pleura.infer.ood import MahalanobisPart
+    from pleura.postprocess.frame_stats import FEATURES, frame_statistics
+    from pleura.postprocess.ood import MahalanobisPart
 
     train = [r for r in rows if r[GROUP] in train_ids]
     pick = np.random.default_rng(0).choice(len(train), size=min(400, len(train)), replace=False)

@@ -56,8 +56,8 @@ def make_clip(path: Path, seconds: float, fps: int = 30) -> int:
 
 def make_model(path: Path, width: int, size: int) -> Path:
     """The default inference model with random weights, saved with temperature and OOD statistics."""
-    from pleura.infer.ood import OODDetector
     from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, save_model
+    from pleura.postprocess.ood import OODDetector
     from pleura.simulate.writer import simulate_clip
 
     torch_model = ReverseTransferClassifier(UNet(UNetConfig(width=width, schema="dense")), num_classes=3)

@@ -179,7 +179,7 @@ def train_seg(
 ) -> None:
     """Train a U-Net to segment A-lines, B-lines and the pleural line (also under torchrun)."""
     from pleura.data import ManifestError
-    from pleura.train.checkpoint import CheckpointError
+    from pleura.models.checkpoint import CheckpointError
     from pleura.train.distributed import cleanup, init_distributed
     from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
 

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from pleura.atomic import write_json, write_text
-from pleura.evaluate.classification import (
+from pleura.labels import DIAGNOSES
+from pleura.metrics.classification import (
     accuracy,
     aggregate_by_group,
     balanced_accuracy,
@@ -25,7 +26,6 @@ from pleura.evaluate.classification import (
     metrics_table,
     summarise_folds,
 )
-from pleura.labels import DIAGNOSES
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray]:

@@ -21,11 +21,11 @@ from pleura.atomic import staged_folder
 from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
 from pleura.data.dataset import image_size
-from pleura.evaluate.calibration import expected_calibration_error, scale_probabilities
-from pleura.evaluate.classification import balanced_accuracy
 from pleura.evaluate.cls import eval_markdown, evaluate_predictions
-from pleura.infer.ood import OODDetector
 from pleura.labels import DIAGNOSES
+from pleura.metrics.classification import balanced_accuracy
+from pleura.postprocess.calibration import expected_calibration_error, scale_probabilities
+from pleura.postprocess.ood import OODDetector
 
 
 def evaluate_model(

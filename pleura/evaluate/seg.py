@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 
 from pleura.atomic import finite, write_json, write_text
 from pleura.data import LUSDataset
-from pleura.evaluate.metrics import FalsePositiveMetrics, SegmentationMetrics, summarise
 from pleura.labels import SPARSE, convert, get_schema
-from pleura.train.checkpoint import CheckpointError, read_checkpoint
+from pleura.metrics.segmentation import FalsePositiveMetrics, SegmentationMetrics, summarise
+from pleura.models.checkpoint import CheckpointError, read_checkpoint
 
 
 def load_segmenter(run: str | Path, checkpoint: str = "best", schema: str | None = None) -> tuple[torch.nn.Module, str]:

@@ -22,7 +22,6 @@ import numpy as np
 from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
 from pleura.data.pocus import PocusImportConfig, import_pocus, is_pocus_source
-from pleura.evaluate.classification import binary_roc_auc
 from pleura.experiments.dense_vs_sparse import (
     DenseVsSparseConfig,
     recorded_seconds,
@@ -32,6 +31,7 @@ from pleura.experiments.dense_vs_sparse import (
 )
 from pleura.experiments.reproduce import INITS, train_variants
 from pleura.labels import DIAGNOSES
+from pleura.metrics.classification import binary_roc_auc
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
 from pleura.train.cls import ClsTrainConfig

@@ -23,9 +23,9 @@ from torch import nn
 
 from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
-from pleura.evaluate.calibration import expected_calibration_error, fit_temperature, scale_probabilities
-from pleura.infer.ood import OODDetector
 from pleura.models import save_model
+from pleura.postprocess.calibration import expected_calibration_error, fit_temperature, scale_probabilities
+from pleura.postprocess.ood import OODDetector
 
 BUNDLE_KIND = "pleura-predictor"
 OOD_BATCH = 32  # frames per forward pass when computing pooled features for the OOD fit
@@ -167,7 +167,7 @@ def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed:
         it, the ``ood`` detector (fitted by ``fit_ood`` on at most ``ood_frames`` frames of the fold's training
         part, thresholds cross-fitted by the run's group column), ``class_names``, ``schema`` and ``image_size``.
     """
-    from pleura.train.checkpoint import read_checkpoint
+    from pleura.models.checkpoint import read_checkpoint
 
     fold = _pick_fold(Path(run))
     model, _ = read_checkpoint(fold / "best")

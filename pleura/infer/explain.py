@@ -1,8 +1,9 @@
-"""Explanations a clinician can look at: the segmentation overlay and a class-activation map.
+"""Explanations a clinician can look at: a class-activation map, and the annotated clip ``predict`` writes.
 
 The class-activation map is Grad-CAM (Selvaraju et al., ICCV 2017) on the classifier head's last block:
 the block's feature maps weighted by the mean gradient of the class logit, rectified, upsampled to the
-frame. It shows where the head looked; the segmentation shows what it saw there.
+frame. It shows where the head looked; the segmentation shows what it saw there. The panels (frame,
+segmentation overlay, heat map) are drawn by ``pleura.viz``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
 
-from pleura.evaluate.figures import overlay
-from pleura.labels import get_schema
 from pleura.models import ReverseTransferClassifier
 
 
@@ -49,39 +47,6 @@ def class_activation_map(model: ReverseTransferClassifier, image: np.ndarray, cl
         model.train(was_training)
     peak = cam.max()
     return cam / peak if peak > 0 else cam
-
-
-def heat(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """A red-yellow heat map of ``cam`` over the grey frame, (H, W, 3) uint8."""
-    grey = np.repeat(image[..., None].astype(np.float32), 3, axis=2)
-    colour = np.stack([np.clip(2 * cam, 0, 1), np.clip(2 * cam - 1, 0, 1), np.zeros_like(cam)], axis=2) * 255
-    w = alpha * cam[..., None]
-    return np.clip((1 - w) * grey + w * colour, 0, 255).astype(np.uint8)
-
-
-def annotated_panel(
-    image: np.ndarray, labels: np.ndarray, schema: str, title: str, cam: np.ndarray | None = None
-) -> np.ndarray:
-    """Frame | segmentation overlay | class-activation map (when given), with a title bar; (H+18, nW, 3)."""
-    panels = [np.repeat(image[..., None], 3, axis=2), overlay(image, labels, get_schema(schema))]
-    if cam is not None:
-        panels.append(heat(image, cam))
-    row = np.concatenate(panels, axis=1)
-    canvas = Image.new("RGB", (row.shape[1], row.shape[0] + 18))
-    canvas.paste(Image.fromarray(row), (0, 18))
-    ImageDraw.Draw(canvas).text((4, 3), title, fill=(255, 255, 255))
-    return np.asarray(canvas)
-
-
-def save_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """Write an RGB array as PNG atomically."""
-    import io
-
-    from pleura.atomic import write_bytes
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return write_bytes(path, buf.getvalue())
 
 
 class AnnotatedVideo:

@@ -3,7 +3,7 @@
 A file is streamed (``pleura.data.readers``): the scan area is found on the first frames, every frame is
 cleaned with it and resized as the model was trained, frames go through the engine in batches, and each
 gets calibrated class probabilities, its segmentation's biomarkers and an out-of-distribution flag (from its
-image statistics and the classifier's pooled features of the same pass: ``pleura.infer.ood``). The clip's
+image statistics and the classifier's pooled features of the same pass: ``pleura.postprocess.ood``). The clip's
 diagnosis is the mean of its in-distribution frames' probabilities (all frames if none is).
 
 Example:
@@ -24,10 +24,10 @@ import numpy as np
 
 from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_overlays
 from pleura.data.readers import Frame, ReadError, iter_frames
-from pleura.evaluate.biomarkers import frame_biomarkers
-from pleura.evaluate.calibration import softmax
 from pleura.infer.engine import make_engine
-from pleura.infer.ood import OODDetector
+from pleura.postprocess.biomarkers import frame_biomarkers
+from pleura.postprocess.calibration import softmax
+from pleura.postprocess.ood import OODDetector
 
 AREA_FRAMES = 32  # frames read ahead to find a clip's scan area
 
@@ -49,7 +49,7 @@ class FrameResult:
     time_s: float
     probabilities: dict[str, float]  # calibrated, sum to 1
     diagnosis: str
-    biomarkers: dict[str, Any]  # from the frame's segmentation (``pleura.evaluate.biomarkers``)
+    biomarkers: dict[str, Any]  # from the frame's segmentation (``pleura.postprocess.biomarkers``)
     ood: bool  # not like the training frames (or no scan area): do not trust this frame
     ood_score: float  # max of image-statistics and network-feature distances / their thresholds; flagged > 1
 
@@ -117,8 +117,8 @@ class Predictor:
         max_frames: int | None = None,
         device: str = "auto",
     ) -> None:
+        from pleura.device import pick_device
         from pleura.models import ReverseTransferClassifier, load_model
-        from pleura.train.distributed import pick_device
 
         self.path = Path(model)
         self.model, self.meta = load_model(self.path)

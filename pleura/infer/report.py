@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from pleura.atomic import finite, printable, write_text
-from pleura.infer.explain import AnnotatedVideo, annotated_panel, class_activation_map, save_png
+from pleura.infer.explain import AnnotatedVideo, class_activation_map
 from pleura.infer.predictor import ClipResult, FrameResult, Predictor
+from pleura.viz import annotated_panel, save_png
 
 
 def _title(result: FrameResult | ClipResult) -> str:

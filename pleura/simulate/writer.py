@@ -164,7 +164,7 @@ def write_dataset(
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         if gallery:
-            from pleura.evaluate.figures import dataset_gallery
+            from pleura.viz import dataset_gallery
 
             dataset_gallery(tmp, tmp / "gallery.png")
     return out / "manifest.csv"

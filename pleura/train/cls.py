@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader, Sampler
 
 from pleura.atomic import write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
-from pleura.evaluate.biomarkers import frame_biomarkers
-from pleura.evaluate.classification import classification_metrics
 from pleura.labels import DIAGNOSES, get_schema
+from pleura.metrics.classification import classification_metrics
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
+from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.train.distributed import DistEnv, all_gather_objects
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
@@ -280,7 +280,7 @@ def train_kfold(
     if run is not None:
         check_init_run(run, kind, image_size(data, rows))
     splits = group_kfold(rows, folds=folds, seed=cfg.seed, group=cfg.group)
-    from pleura.train.checkpoint import read_checkpoint
+    from pleura.models.checkpoint import read_checkpoint
 
     summaries = []
     for k, (train_rows, test_rows) in enumerate(splits):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pleura.device import pick_device
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -31,16 +33,6 @@ class DistEnv:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(device: str = "auto", index: int = 0) -> torch.device:
-    """The torch device for a ``--device`` option: ``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if use_cuda and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device")
-    return torch.device(f"cuda:{index}") if use_cuda else torch.device("cpu")
 
 
 def init_distributed(device: str = "auto") -> DistEnv:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 
 from pleura import __version__
 from pleura.atomic import finite, write_json, write_text
+from pleura.models.checkpoint import read_checkpoint
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv, all_gather_objects, state_digest, sync_buffers
 
@@ -246,7 +247,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         state: dict[str, Any] = {"epoch": 0, "step": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0}
         if has_last:
-            resumed, _ = ckpt.read_checkpoint(self.out / "last", map_location=self.device)
+            resumed, _ = read_checkpoint(self.out / "last", map_location=self.device)
             net.load_state_dict(resumed.state_dict())
             state = ckpt.read_training_state(self.out / "last", self.optimizer, map_location=self.device)
             if "scaler" in state:

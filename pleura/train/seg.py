@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from pleura.data import LUSDataset, default_augmentation, image_size, read_manifest, split_by_group
-from pleura.evaluate.metrics import SegmentationMetrics
 from pleura.labels import get_schema
+from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import UNet, UNetConfig
 from pleura.train.distributed import all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError

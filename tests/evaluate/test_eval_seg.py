@@ -15,8 +15,8 @@ from pleura.cli import app
 from pleura.evaluate.seg import evaluate_segmentation, load_segmenter
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
 from pleura.labels import SPARSE
+from pleura.models.checkpoint import CheckpointError
 from pleura.simulate import SimulationConfig, write_dataset
-from pleura.train.checkpoint import CheckpointError
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import SegTrainConfig, SegTrainer
 

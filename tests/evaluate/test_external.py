@@ -13,10 +13,10 @@ from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
 from pleura.cli import app
-from pleura.evaluate.calibration import scale_probabilities
 from pleura.evaluate.external import evaluate_model
 from pleura.labels import DIAGNOSES
 from pleura.models import load_model
+from pleura.postprocess.calibration import scale_probabilities
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train.cls import predict_rows
 

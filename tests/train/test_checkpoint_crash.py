@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from pleura.models import UNet, UNetConfig
+from pleura.models.checkpoint import MARKER, MODEL_FILE, CheckpointError, read_checkpoint, verify_checkpoint
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv
@@ -121,10 +122,10 @@ def _assert_one_of(folder: Path, models: dict[int, UNet]) -> int:
     state = json.loads((folder / "state.json").read_text())
     epoch = state["epoch"]
     assert epoch in models and state["log"] == [{"epoch": epoch}]
-    weights = load_file(str(folder / ckpt.MODEL_FILE))
+    weights = load_file(str(folder / MODEL_FILE))
     want = models[epoch].state_dict()
     assert weights.keys() == want.keys() and all(torch.equal(weights[k], want[k]) for k in want)
-    again, meta = ckpt.read_checkpoint(folder)
+    again, meta = read_checkpoint(folder)
     assert meta == {"epoch": epoch}
     assert ckpt.read_training_state(folder, torch.optim.AdamW(again.parameters()))["epoch"] == epoch
     return epoch
@@ -182,26 +183,26 @@ def test_a_half_written_temporary_folder_is_removed_never_promoted(tmp_path):
     _save(tmp_path / "x" / "last", 2, *_model(2))
     unmarked = run / ".last.tmp-999"
     shutil.copytree(tmp_path / "x" / "last", unmarked)
-    (unmarked / ckpt.MARKER).unlink()
+    (unmarked / MARKER).unlink()
     cut = run / ".last.tmp-998"
     shutil.copytree(tmp_path / "x" / "last", cut)
     (cut / "optimizer.safetensors").write_bytes((cut / "optimizer.safetensors").read_bytes()[:-8])
-    before = (run / "last" / ckpt.MODEL_FILE).read_bytes()
+    before = (run / "last" / MODEL_FILE).read_bytes()
     assert ckpt.recover_checkpoint(run / "last") == run / "last"
-    assert _leftovers(run) == [] and (run / "last" / ckpt.MODEL_FILE).read_bytes() == before
+    assert _leftovers(run) == [] and (run / "last" / MODEL_FILE).read_bytes() == before
 
     # with last/ missing, neither is promoted: an unfinished copy is worth nothing
     shutil.rmtree(run / "last")
     for src, dst in ((tmp_path / "x" / "last", unmarked), (tmp_path / "x" / "last", cut)):
         shutil.copytree(src, dst)
-    (unmarked / ckpt.MARKER).unlink()
+    (unmarked / MARKER).unlink()
     (cut / "optimizer.safetensors").write_bytes(b"\0" * (cut / "optimizer.safetensors").stat().st_size)
     assert ckpt.recover_checkpoint(run / "last") is None
     assert not (run / "last").exists() and _leftovers(run) == []
-    with pytest.raises(ckpt.CheckpointError, match=r"\.last\.tmp-7: .*checkpoint\.json"):
+    with pytest.raises(CheckpointError, match=r"\.last\.tmp-7: .*checkpoint\.json"):
         shutil.copytree(tmp_path / "x" / "last", run / ".last.tmp-7")
-        (run / ".last.tmp-7" / ckpt.MARKER).unlink()
-        ckpt.verify_checkpoint(run / ".last.tmp-7")
+        (run / ".last.tmp-7" / MARKER).unlink()
+        verify_checkpoint(run / ".last.tmp-7")
 
 
 def test_reading_a_checkpoint_whose_save_was_cut_between_the_renames(tmp_path):
@@ -209,7 +210,7 @@ def test_reading_a_checkpoint_whose_save_was_cut_between_the_renames(tmp_path):
     run = tmp_path / "run"
     _save(run / "best", 1, model, opt)
     (run / "best").rename(run / ".best.tmp-5")  # as a kill between 'best -> .old' and '.tmp -> best' leaves it
-    _, meta = ckpt.read_checkpoint(run / "best")  # read-only: a reader never moves a trainer's files
+    _, meta = read_checkpoint(run / "best")  # read-only: a reader never moves a trainer's files
     assert meta == {"epoch": 1} and (run / ".best.tmp-5").is_dir() and not (run / "best").exists()
     assert ckpt.recover_checkpoint(run / "best") == run / "best" and _leftovers(run) == []
 
@@ -268,8 +269,8 @@ def _strip_timing(path: Path) -> list[dict]:
 
 def _assert_same_run(run: Path, straight: Path, why: str) -> None:
     for name in ("last", "best"):
-        a = load_file(str(straight / name / ckpt.MODEL_FILE))
-        b = load_file(str(run / name / ckpt.MODEL_FILE))
+        a = load_file(str(straight / name / MODEL_FILE))
+        b = load_file(str(run / name / MODEL_FILE))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{why}: {name}/ differs"
     rows = _strip_timing(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3], f"{why}: metrics.jsonl epochs {[r['epoch'] for r in rows]}"

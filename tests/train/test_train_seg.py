@@ -13,8 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pleura.data import LUSDataset
-from pleura.evaluate.metrics import SegmentationMetrics
+from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import UNet, UNetConfig
+from pleura.models.checkpoint import read_checkpoint
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv
@@ -60,7 +61,7 @@ def test_checkpoint_round_trip_keeps_model_and_optimizer(tmp_path):
     model(torch.rand(2, 1, 32, 32)).sum().backward()
     opt.step()
     ckpt.write_checkpoint(tmp_path / "last", model, {"schema": "sparse"}, opt, {"epoch": 3})
-    again, _meta = ckpt.read_checkpoint(tmp_path / "last")
+    again, _meta = read_checkpoint(tmp_path / "last")
     for (k, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     opt2 = torch.optim.AdamW(again.parameters(), lr=1e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pleura.evaluate.calibration import expected_calibration_error, fit_temperature, scale_probabilities
+from pleura.postprocess.calibration import expected_calibration_error, fit_temperature, scale_probabilities
 
 
 def test_scaled_probabilities_sum_to_one_and_keep_the_decision() -> None:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from pleura.evaluate.metrics import nan_div
 from pleura.labels import DIAGNOSES
+from pleura.metrics.segmentation import nan_div
 
 __all__ = [
     "accuracy",

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pleura.evaluate.metrics import FalsePositiveMetrics, SegmentationMetrics, summarise
 from pleura.labels import DENSE, SPARSE, convert
+from pleura.metrics.segmentation import FalsePositiveMetrics, SegmentationMetrics, summarise
 
 # 4x4, three classes. Confusion (rows truth, columns prediction), counted by hand:
 #   truth 0: 3 -> 0, 1 -> 1            [3, 1, 0]
@@ -146,7 +146,7 @@ def test_ignore_index_outside_the_dtype_range_is_harmless():
 def test_accelerator_counting_path_agrees_with_numpy(monkeypatch):
     # On the CPU, tensors are counted with numpy; GPU tensors stay on the device and use torch.bincount.
     # Force that branch here by keeping CPU tensors as tensors.
-    import pleura.evaluate.metrics as metrics
+    import pleura.metrics.segmentation as metrics
 
     original = metrics._indices
     monkeypatch.setattr(metrics, "_indices", lambda x, name, keep_device=False: torch.as_tensor(original(x, name)))

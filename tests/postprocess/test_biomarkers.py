@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pleura.evaluate.biomarkers import Biomarkers, clip_biomarkers, frame_biomarkers
 from pleura.labels import DENSE, convert
+from pleura.postprocess.biomarkers import Biomarkers, clip_biomarkers, frame_biomarkers
 from pleura.simulate import simulate_clip
 
 C = {name: DENSE.index(name) for name in DENSE.names}

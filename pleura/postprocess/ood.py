@@ -2,7 +2,7 @@
 
 Two Mahalanobis distances from the training frames, each with its own threshold:
 
-- image: the frame's image statistics (``IMAGE_FEATURES``): those of ``pleura.evaluate.domain_gap``
+- image: the frame's image statistics (``IMAGE_FEATURES``): those of ``pleura.postprocess.frame_stats``
   (intensity, speckle, texture, depth profile, scan-area shape) plus texture statistics made for this check
   (local contrast, flat and repeated pixels, spectrum, local binary patterns: what tells a speckled B-mode
   image from a photograph, a chart or a screenshot);
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from pleura.evaluate.domain_gap import FEATURES, frame_statistics
+from pleura.postprocess.frame_stats import FEATURES, frame_statistics
 
 log = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ood_corpus import non_lus_corpus  # tests/infer is on sys.path (pytest's rootdir-less import)
+from ood_corpus import non_lus_corpus  # tests/postprocess is on sys.path (pytest's rootdir-less import)
 from PIL import Image
 
 from pleura.data import read_manifest
-from pleura.evaluate.domain_gap import FEATURES, frame_statistics
 from pleura.infer import OnnxEngine, TorchEngine, export_onnx, make_engine, verify_onnx
 from pleura.infer.bundle import refit_ood
-from pleura.infer.ood import IMAGE_FEATURES, MAX_THRESHOLD, MahalanobisPart, OODDetector, image_statistics
 from pleura.infer.predictor import Predictor
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, load_model
+from pleura.postprocess.frame_stats import FEATURES, frame_statistics
+from pleura.postprocess.ood import IMAGE_FEATURES, MAX_THRESHOLD, MahalanobisPart, OODDetector, image_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "pleura" / "models" / "pretrained").glob("*.safetensors"))

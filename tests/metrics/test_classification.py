@@ -6,7 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from pleura.evaluate.classification import (
+from pleura.labels import DIAGNOSES
+from pleura.metrics.classification import (
     accuracy,
     aggregate_by_group,
     balanced_accuracy,
@@ -16,7 +17,6 @@ from pleura.evaluate.classification import (
     metrics_table,
     summarise_folds,
 )
-from pleura.labels import DIAGNOSES
 
 # 8 frames, 3 classes; predictions are the row argmax.
 Y = np.array([0, 0, 0, 1, 1, 1, 2, 2])
