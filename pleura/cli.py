@@ -307,6 +307,7 @@ def eval_model(
     model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Model file (pleura export model)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals.", min=1),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (what predict ships, the default) or torch."),
 ) -> None:
     """External validation: score a model file on another labelled dataset (calibration and OOD included)."""
     from pleura.evaluate.external import evaluate_model
@@ -314,7 +315,7 @@ def eval_model(
     if not model.is_file():
         fail(f"{model}: model file not found; pass --model FILE (pleura export model writes one)")
     try:
-        evaluate_model(model, data, out, n_boot=n_boot, overwrite=overwrite)
+        evaluate_model(model, data, out, n_boot=n_boot, overwrite=overwrite, engine=engine)
     except (ValueError, OSError) as e:
         fail(str(e))
     typer.echo((out / "eval.md").read_text())

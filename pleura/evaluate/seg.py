@@ -7,16 +7,16 @@ false-positive measures behind the seed paper's claim that dense labels reduce f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pleura.atomic import finite, write_json, write_text
-from pleura.data import LUSDataset
+from pleura.data import image_size, read_manifest
+from pleura.infer.batch import predict_dataset
+from pleura.infer.engine import TorchEngine
 from pleura.labels import SPARSE, convert, get_schema
 from pleura.metrics.segmentation import FalsePositiveMetrics, SegmentationMetrics, summarise
 from pleura.models.checkpoint import CheckpointError, read_checkpoint
@@ -37,30 +37,20 @@ def load_segmenter(run: str | Path, checkpoint: str = "best", schema: str | None
     return model.eval(), model_schema
 
 
-@torch.no_grad()
-def predict_batches(
-    model: torch.nn.Module, dataset: LUSDataset, batch_size: int = 16, device: str | torch.device = "cpu"
-) -> Iterator[tuple[dict[str, Any], np.ndarray]]:
-    """Yield ``(batch, predicted masks (B, H, W) uint8)`` over a dataset, in order."""
-    model = model.to(device)
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = model(batch["image"].to(device))
-        yield batch, logits.argmax(1).to(torch.uint8).cpu().numpy()
-
-
 def evaluate_segmentation(
     run: str | Path, data: str | Path, checkpoint: str = "best", schema: str | None = None, batch_size: int = 16
 ) -> dict[str, Any]:
     """Score ``run`` on every frame of ``data``; writes ``RUN/eval.json`` and ``RUN/eval.md``."""
     run = Path(run)
     model, model_schema = load_segmenter(run, checkpoint, schema)
-    dataset = LUSDataset(data, model_schema)
+    rows = read_manifest(data)
+    engine = TorchEngine(model, image_size=image_size(data, rows)[0], optimize=False)
     s = get_schema(model_schema)
     own = SegmentationMetrics(s.num_classes, class_names=list(s.names))
     sparse = SegmentationMetrics(SPARSE.num_classes, class_names=list(SPARSE.names))
     fp = FalsePositiveMetrics()
-    for batch, pred in predict_batches(model, dataset, batch_size):
-        truth = batch["mask"].numpy().astype(np.uint8)
+    for batch, out in predict_dataset(engine, data, rows, schema=model_schema, batch_size=batch_size):
+        pred, truth = out.labels, batch["mask"].numpy().astype(np.uint8)
         own.update(pred, truth)
         pred_sparse, truth_sparse = convert(pred, model_schema, "sparse"), convert(truth, model_schema, "sparse")
         sparse.update(pred_sparse, truth_sparse)
@@ -71,7 +61,7 @@ def evaluate_segmentation(
             "data": str(Path(data).resolve()),
             "checkpoint": checkpoint,
             "schema": model_schema,
-            "frames": len(dataset),
+            "frames": len(rows),
             "metrics": own.aggregate(),
             "sparse_metrics": sparse.aggregate(),
             "false_positives": fp.aggregate(),

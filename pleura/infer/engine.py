@@ -66,6 +66,7 @@ class Engine:
     image_size: int  # frames are resized to image_size x image_size before the call
     in_channels: int
     size_multiple: int  # H and W must be multiples of this (2**depth)
+    source: nn.Module | None = None  # the PyTorch model behind the engine, if known (the bottleneck tap's decoder)
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x)
@@ -106,6 +107,7 @@ class TorchEngine(Engine):
         unet = _unet_of(model)
         self.device = next(model.parameters()).device
         self.model = prepare_for_inference(model) if optimize else _eval_copy(model)
+        self.source = self.model
         self.with_classifier = isinstance(model, ReverseTransferClassifier)
         self.seg_class_names = _tuple(_seg_class_names(unet))
         self.class_names = tuple(model.config.class_names) if self.with_classifier else self.seg_class_names
@@ -244,7 +246,9 @@ def make_engine(
         model, _ = load_model(path)
     if (engine or "torch") == "torch":
         return TorchEngine(model, image_size=image_size, **kwargs)
-    return OnnxEngine(onnx_bytes(model, image_size=image_size, features=True), **kwargs)
+    engine = OnnxEngine(onnx_bytes(model, image_size=image_size, features=True), **kwargs)
+    engine.source = model.eval()
+    return engine
 
 
 def _eval_copy(model: nn.Module) -> nn.Module:

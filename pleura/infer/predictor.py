@@ -24,6 +24,7 @@ import numpy as np
 
 from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_overlays
 from pleura.data.readers import Frame, ReadError, iter_frames
+from pleura.infer.batch import run_frames
 from pleura.infer.engine import make_engine
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
@@ -155,20 +156,13 @@ class Predictor:
 
         Unpacks as ``prob, labels, ood, ood_score``; ``prob, labels = result[:2]`` as before the OOD flags.
         """
-        x = images.astype(np.float32)[:, None] / 255.0
-        logits, seg, features = self.engine.run(x)
-        prob = softmax(logits, self.temperature)
-        if seg is None:  # the bottleneck tap skips the decoder; the explanation needs it
-            import torch
-
-            with torch.inference_mode():
-                device = next(self.model.parameters()).device
-                seg = self.model.unet(torch.from_numpy(x).to(device)).float().cpu().numpy()
+        out = run_frames(self.engine, images.astype(np.float32)[:, None] / 255.0)
+        prob = softmax(out.logits, self.temperature)
         if self.ood is not None:
-            ood, score = self.ood.flags(images, features)
+            ood, score = self.ood.flags(images, out.features)
         else:
             ood, score = np.zeros(len(images), bool), np.zeros(len(images))
-        return FramePredictions(prob, seg.argmax(axis=1).astype(np.uint8), ood, score)
+        return FramePredictions(prob, out.labels, ood, score)
 
     def predict(self, path: str | Path, on_frame: FrameHook | None = None) -> ClipResult:
         """Predict one file; ``on_frame(result, cleaned image, label map)`` is called for every frame

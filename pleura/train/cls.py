@@ -28,6 +28,7 @@ from pleura.labels import DIAGNOSES, get_schema
 from pleura.metrics.classification import classification_metrics
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
 from pleura.postprocess.biomarkers import frame_biomarkers
+from pleura.postprocess.calibration import softmax
 from pleura.train.distributed import DistEnv, all_gather_objects
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
@@ -231,19 +232,18 @@ def predict_rows(
     model: torch.nn.Module, data: Path, rows: Sequence[dict[str, str]], batch_size: int = 16
 ) -> list[dict[str, Any]]:
     """Class probabilities of each row's frame, with its ids, true label and the biomarkers read from the
-    model's own segmentation (the explanation of the diagnosis)."""
-    model.eval()
-    ds = LUSDataset(data, None, rows=rows)
+    model's own segmentation (the explanation of the diagnosis), through the one prediction path
+    (``pleura.infer.batch``) on the model as it is (eager PyTorch, no folding: the same numbers as training)."""
+    from pleura.infer.batch import predict_dataset
+    from pleura.infer.engine import TorchEngine
+
     schema = model.unet.config.schema or "dense"
+    engine = TorchEngine(model, image_size=image_size(data, rows)[0], optimize=False)
     out = []
-    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        logits, seg = model.forward_with_segmentation(batch["image"])
-        if seg is None:  # the bottleneck tap does not run the decoder; the explanation needs it
-            seg = model.unet(batch["image"])
-        prob = logits.float().softmax(1).numpy()
-        masks = seg.argmax(1).to(torch.uint8).numpy()
+    for batch, pred in predict_dataset(engine, data, rows, batch_size=batch_size):
+        prob = softmax(pred.logits)
         for i in range(len(prob)):
-            markers = frame_biomarkers(masks[i], schema).to_dict()
+            markers = frame_biomarkers(pred.labels[i], schema).to_dict()
             out.append(
                 {
                     "id": batch["id"][i],

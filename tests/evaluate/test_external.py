@@ -102,3 +102,31 @@ def test_keeps_an_earlier_evaluation_unless_told_to_replace_it(bundle: Path, ext
     assert got.exit_code == 2 and "nope" in got.output
     with pytest.raises(ValueError, match="--n-boot should be at least 1"):
         evaluate_model(bundle, external, tmp_path / "o3", n_boot=0)
+
+
+def test_the_onnx_engine_that_ships_and_torch_agree(bundle: Path, external: Path, tmp_path: Path) -> None:
+    """eval-model validates what predict ships (ONNX Runtime); PyTorch gives the same probabilities and flags."""
+    evaluate_model(bundle, external, tmp_path / "onnx", n_boot=5)
+    evaluate_model(bundle, external, tmp_path / "torch", n_boot=5, engine="torch")
+    onnx, torch_ = _rows(tmp_path / "onnx" / "test_predictions.csv"), _rows(tmp_path / "torch" / "test_predictions.csv")
+    assert [r["id"] for r in onnx] == [r["id"] for r in torch_]
+    for a, b in zip(onnx, torch_, strict=True):
+        for c in ("covid", "pneumonia", "normal"):
+            assert abs(float(a[f"p_{c}"]) - float(b[f"p_{c}"])) < 1e-4
+        assert a["ood"] == b["ood"]
+    with pytest.raises(ValueError, match="unknown engine 'tensorrt'"):
+        evaluate_model(bundle, external, tmp_path / "x", engine="tensorrt")
+
+
+def test_every_command_predicts_through_the_one_path() -> None:
+    """predict, eval-model, eval-seg and train-cls's held-out predictions all call pleura.infer.batch.run_frames."""
+    import inspect
+
+    from pleura.evaluate import external, seg
+    from pleura.infer import batch, predictor
+    from pleura.train import cls
+
+    assert "run_frames(" in inspect.getsource(predictor.Predictor.predict_frames)
+    for fn in (external.predict_file_model, seg.evaluate_segmentation, cls.predict_rows):
+        assert "predict_dataset(" in inspect.getsource(fn), fn.__qualname__
+    assert "run_frames(" in inspect.getsource(batch.predict_dataset)
