@@ -10,19 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from kit import simulated
 from PIL import Image
 
 from pleura.data.synthetic import write_clip
-from pleura.simulate import SimulationConfig, write_dataset
 from pleura.simulate.writer import simulate_clip
 
 
 @pytest.fixture(scope="session")
 def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """18 clips x 2 frames at 128 px, both probes, all diagnoses."""
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    write_dataset(SimulationConfig(n=18, seed=7, size=128, frames=2, workers=2), root)
-    return root
+    return simulated(tmp_path_factory, "sim", n=18, seed=7, size=128, frames=2, workers=2)
 
 
 @pytest.fixture(scope="session")

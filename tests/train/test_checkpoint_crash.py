@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 import torch
+from kit import Interrupt, simulated
 from safetensors.torch import load_file
 
 from pleura.models import UNet, UNetConfig
 from pleura.models.checkpoint import MARKER, MODEL_FILE, CheckpointError, read_checkpoint, verify_checkpoint
-from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import SegTrainConfig, SegTrainer
@@ -229,9 +229,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("crash") / "ds"
-    write_dataset(SimulationConfig(n=6, seed=11, size=64, frames=1, workers=1), root)
-    return root
+    return simulated(tmp_path_factory, "crash", n=6, seed=11, size=64, frames=1, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -357,28 +355,11 @@ def test_resume_after_a_real_kill_between_the_two_renames(tiny_data, straight, t
     _assert_same_run(run, straight, "killed between the renames of epoch 2's last/")
 
 
-class StopAfter:
-    """A progress reporter that raises KeyboardInterrupt at the end of epoch ``after``, like Ctrl-C."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int, **info: float) -> None:
-        pass
-
-    def end_epoch(self, record: dict) -> None:
-        if record["epoch"] >= self.after:
-            raise KeyboardInterrupt
-
-
 def test_torchrun_resume_restores_a_checkpoint_cut_between_the_renames(tiny_data, tmp_path, torchrun_cpu):
     run = tmp_path / "run"
     cfg = SegTrainConfig(schema="sparse", width=4, depth=2, batch_size=2, epochs=2)  # as the command line below
     with pytest.raises(KeyboardInterrupt):
-        SegTrainer(cfg, tiny_data, run, DistEnv(), progress=StopAfter(1)).fit()
+        SegTrainer(cfg, tiny_data, run, DistEnv(), progress=Interrupt(1)).fit()
     (run / "last").rename(run / ".last.tmp-4242")  # killed between 'last -> .old' and '.tmp -> last' ...
     (run / "metrics.jsonl").unlink()  # ... so epoch 1's line was never written
     torchrun_cpu(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kit import Interrupt, simulated
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -27,9 +28,7 @@ TINY = {"width": 4, "depth": 2, "batch_size": 4, "epochs": 3, "augment": True, "
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("seg") / "ds"
-    write_dataset(SimulationConfig(n=10, seed=11, size=64, frames=1, workers=1), root)
-    return root
+    return simulated(tmp_path_factory, "seg", n=10, seed=11, size=64, frames=1, workers=1)
 
 
 def test_a_tiny_model_overfits_four_frames(tmp_path):
@@ -73,23 +72,6 @@ def test_checkpoint_round_trip_keeps_model_and_optimizer(tmp_path):
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(s2["state"][pid][key]))
     assert s1["param_groups"] == s2["param_groups"]
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
-
-
-class Interrupt:
-    """A progress reporter that raises KeyboardInterrupt after ``after`` epochs, like Ctrl-C."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int, **info: float) -> None:
-        pass
-
-    def end_epoch(self, record: dict) -> None:
-        if record["epoch"] >= self.after:
-            raise KeyboardInterrupt
 
 
 def _strip_timing(path: Path) -> list[dict]:
