@@ -137,6 +137,7 @@ def _tables(folder: Path) -> dict | None:
     return {"names": names, "clips": (folder / "clips.csv").read_text()}
 
 
+@pytest.mark.slow
 def test_predict_output_is_old_or_new(bundle, sim_dataset, tmp_path, monkeypatch):
     frames = [sim_dataset / r["image"] for r in read_manifest(sim_dataset)[:2]]
     src = tmp_path / "src"
@@ -158,6 +159,7 @@ def test_predict_output_is_old_or_new(bundle, sim_dataset, tmp_path, monkeypatch
     _check(produce, tmp_path, monkeypatch, _tables, complete_batch)
 
 
+@pytest.mark.slow
 def test_eval_model_output_is_old_or_new(bundle, sim_dataset, tmp_path, monkeypatch):
     from pleura.evaluate.external import evaluate_model
 

@@ -122,6 +122,7 @@ def test_random_bytes(target, magic, tail):
     read_everything(target, MAGIC[magic] + tail)
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=3500)
 @given(data=st.data())
 def test_valid_files_with_flips_and_cuts(target, data):

@@ -355,6 +355,7 @@ def test_resume_after_a_real_kill_between_the_two_renames(tiny_data, straight, t
     _assert_same_run(run, straight, "killed between the renames of epoch 2's last/")
 
 
+@pytest.mark.slow
 def test_torchrun_resume_restores_a_checkpoint_cut_between_the_renames(tiny_data, tmp_path, torchrun_cpu):
     run = tmp_path / "run"
     cfg = SegTrainConfig(schema="sparse", width=4, depth=2, batch_size=2, epochs=2)  # as the command line below

@@ -120,6 +120,7 @@ def test_balanced_sampler_draws_classes_equally_and_shards_ranks():
     assert len(r0) == len(r1) == 50 and r0 != r1
 
 
+@pytest.mark.slow
 def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_path):
     data, _, sparse = setup
     cfg = ClsTrainConfig(init=f"sparse:{sparse}", epochs=1, batch_size=4, aux_seg_weight=0.5)
@@ -132,6 +133,7 @@ def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_p
         train_kfold(bad, data, tmp_path / "bad", DistEnv(), folds=3)
 
 
+@pytest.mark.slow
 def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
     data, _, _ = setup
     cfg = ClsTrainConfig(init="scratch", epochs=1, batch_size=4, width=4, depth=2)
@@ -143,6 +145,7 @@ def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
     assert (tmp_path / "run" / "fold2" / "test_predictions.csv").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path, torchrun_cpu):
     data, _, _ = setup
     run = tmp_path / "ddp"

@@ -31,6 +31,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return simulated(tmp_path_factory, "seg", n=10, seed=11, size=64, frames=1, workers=1)
 
 
+@pytest.mark.slow
 def test_a_tiny_model_overfits_four_frames(tmp_path):
     root = tmp_path / "four"
     write_dataset(SimulationConfig(n=4, seed=5, size=64, probe="linear", classes=("covid", "normal"), workers=1), root)
@@ -146,6 +147,7 @@ def test_empty_or_missing_manifest(tmp_path):
             SegTrainer(SegTrainConfig(**TINY), data, tmp_path / "run", DistEnv()).fit()
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path, torchrun_cpu):
     run = tmp_path / "ddp"
     torchrun_cpu(
