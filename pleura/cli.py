@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -48,6 +49,12 @@ def _positive(value: float | None) -> float | None:
 
 
 DATASET = dict(exists=True, file_okay=False, dir_okay=True)  # a --data folder: checked before any work
+
+# Options several commands share, declared once.
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size per process.", min=1)]
+Processes = Annotated[int, typer.Option("--workers", help="Worker processes; 0 = all cores.", min=0)]
 
 
 def progress_bar() -> Progress:
@@ -92,10 +99,10 @@ def simulate(
     probe: str = typer.Option("mixed", "--probe", help="linear, curvilinear or mixed."),
     classes: str = typer.Option("covid,pneumonia,normal", "--classes", help="Comma-separated diagnoses."),
     frames: int = typer.Option(1, "--frames", help="Frames per clip (lung sliding over a clip)."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores.", min=0),
+    workers: Processes = 0,
     style: str = typer.Option("physics", "--style", help="Output style: physics, or pocus (looks like POCUS clips)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write gallery.png, a contact sheet with overlays."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Simulate lung-ultrasound frames with anatomy, dense and sparse masks and a manifest."""
     import time
@@ -165,7 +172,7 @@ def train_seg(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     schema: str = typer.Option("dense", "--schema", help="dense or sparse labels."),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner).", min=1),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process.", min=1),
+    batch_size: BatchSize = 8,
     lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate.", callback=_positive),
     width: int = typer.Option(16, "--width", help="U-Net channels at the first level (64 = classic).", min=1, max=256),
     depth: int = typer.Option(4, "--depth", help="U-Net down-steps.", min=1, max=6),
@@ -173,9 +180,9 @@ def train_seg(
     seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling, augmentation.", min=0),
     no_augment: bool = typer.Option(False, "--no-augment", help="Train without augmentation."),
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes.", min=0),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = "auto",
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty run folder."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Train a U-Net to segment A-lines, B-lines and the pleural line (also under torchrun)."""
     from pleura.data import ManifestError
@@ -230,14 +237,17 @@ def eval_seg(
 def train_cls(
     data: Path = typer.Option(..., "--data", help="Manifest dataset folder.", **DATASET),
     out: Path = typer.Option(..., "--out", help="Run folder to write (one fold* subfolder per fold)."),
-    init: str = typer.Option("scratch", "--init", help="dense:RUN, sparse:RUN (a train-seg run) or scratch."),
+    init: str = typer.Option("scratch", "--init", help="dense, sparse (with --init-run) or scratch."),
+    init_run: Path = typer.Option(
+        None, "--init-run", help="The train-seg run a dense or sparse --init starts from.", **DATASET
+    ),
     folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group.", min=2),
     group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
     tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing.", min=0),
     aux_seg_weight: float = typer.Option(0.0, "--aux-seg-weight", help="Auxiliary segmentation loss weight.", min=0.0),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold.", min=1),
-    batch_size: int = typer.Option(8, "--batch-size", help="Batch size per process.", min=1),
+    batch_size: BatchSize = 8,
     lr: float = typer.Option(
         1e-3, "--lr", help="Peak learning rate of the head (the U-Net gets 0.1x).", callback=_positive
     ),
@@ -245,14 +255,18 @@ def train_cls(
         8, "--patience", help="Early stopping patience (validation balanced accuracy).", min=1
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of init, folds, sampling, augmentation.", min=0),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = "auto",
     resume: bool = typer.Option(False, "--resume", help="Keep finished folds, continue an interrupted one."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace non-empty fold folders."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Reverse transfer: train a COVID-19 / pneumonia / normal classifier from a segmentation U-Net, k-fold."""
     from pleura.train.cls import ClsTrainConfig, train_kfold
     from pleura.train.distributed import cleanup, init_distributed
 
+    if init_run is not None:  # --init dense --init-run RUN; the old --init dense:RUN is still read
+        if ":" in init or init == "scratch":
+            fail(f"--init-run goes with --init dense or --init sparse, got --init {init!r}")
+        init = f"{init}:{init_run}"
     cfg = ClsTrainConfig(
         init=init, tap=tap, freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight, epochs=epochs,
         batch_size=batch_size, lr=lr,
@@ -306,7 +320,7 @@ def eval_model(
     out: Path = typer.Option(..., "--out", help="Folder for predictions, eval.json, eval.md and figures."),
     model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Model file (pleura export model)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap resamples for the 95% intervals.", min=1),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: Overwrite = False,
     engine: str = typer.Option("onnx", "--engine", help="onnx (what predict ships, the default) or torch."),
 ) -> None:
     """External validation: score a model file on another labelled dataset (calibration and OOD included)."""
@@ -335,8 +349,8 @@ def import_pocus_cmd(
     max_per_clip: int = typer.Option(30, "--max-per-clip", help="At most this many frames per clip.", min=1),
     size: int = typer.Option(256, "--size", help="Side of the square cleaned frames, in pixels.", min=32, max=2048),
     include_other: bool = typer.Option(False, "--include-other", help="Also import viral and uncertain files."),
-    workers: int = typer.Option(0, "--workers", help="Worker processes; 0 = all cores.", min=0),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    workers: Processes = 0,
+    overwrite: Overwrite = False,
 ) -> None:
     """Import the POCUS lung-ultrasound dataset: sample, clean and resize frames into a manifest dataset."""
     import time
@@ -364,6 +378,79 @@ def import_pocus_cmd(
     )
 
 
+@data_app.command("import-annotations")
+def import_annotations_cmd(
+    src: Path = typer.Argument(
+        ...,
+        help="The export: a CVAT task backup folder, annotations.xml, a COCO .json, a folder of Labelme .json "
+        "files or of mask PNGs (or a .zip of one).",
+        exists=True,
+    ),
+    fmt: str = typer.Option(
+        ..., "--format", help="cvat (task backup), cvat-xml (CVAT for images/video 1.1), coco, labelme or masks."
+    ),
+    labels: Path = typer.Option(
+        ...,
+        "--labels",
+        exists=True,
+        dir_okay=False,
+        help='Label map, JSON (YAML only when PyYAML is installed): {"schema": "sparse", "labels": {"aline": '
+        '"a_line", "lungslidingpresent": "pleural_line"}, "priority": ["pleural_line", "b_line", "a_line"], '
+        '"tags": {"d_normal": {"diagnosis": "normal"}}}; "colors"/"values" for mask PNGs.',
+    ),
+    out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent unless --overwrite)."),
+    schema: str = typer.Option(None, "--schema", help="sparse, dense or anatomy (default: the map's, else sparse)."),
+    densify: bool = typer.Option(
+        False, "--densify", help="Also write dense masks from sparse ones with each frame's diagnosis (tags or --meta)."
+    ),
+    strict: bool = typer.Option(False, "--strict", help="Refuse label or tag names the map lacks (default: warn)."),
+    size: int = typer.Option(256, "--size", help="Side of the square cleaned frames and masks.", min=32, max=2048),
+    thickness: str = typer.Option(
+        "3px", "--thickness", help="Polyline width and point size: 3px (frame pixels) or 1.0mm (DICOM pixel spacing)."
+    ),
+    meta: Path = typer.Option(
+        None, "--meta", exists=True, dir_okay=False, help="CSV with clip,diagnosis,patient_id,probe columns."
+    ),
+    media: Path = typer.Option(None, "--media", exists=True, help="The video file or media folder, if not beside SRC."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (one clip each); 0 = all cores.", min=0),
+    overwrite: Overwrite = False,
+) -> None:
+    """Import labels from CVAT, COCO, Labelme or mask PNGs: cleaned labelled frames and aligned masks."""
+    import time
+
+    from pleura.data.annotations import AnnotationError, AnnotationImportConfig, import_annotations
+
+    cfg = AnnotationImportConfig(
+        format=fmt, schema=schema, densify=densify, strict=strict, size=size, thickness=thickness, workers=workers
+    )
+    start = time.perf_counter()
+    bar, tasks = progress_bar(), []
+
+    def advance(k: int, total: int) -> None:  # the bar appears once every check has passed
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task("import", total=total, rate=""))
+        bar.advance(tasks[0], k)
+
+    try:
+        cfg.validate()
+        report = import_annotations(src, out, labels, cfg, media=media, meta=meta, overwrite=overwrite,
+                                    progress=advance)  # fmt: skip
+    except AnnotationError as e:
+        bar.stop()
+        fail(str(e))
+    bar.stop()
+    for line in report.warnings:
+        err.print(f"[yellow]warning[/] {say(line)}", highlight=False, soft_wrap=True)
+    for _, line in report.failed:
+        err.print(f"[yellow]skipped[/] {say(line)}", highlight=False, soft_wrap=True)
+    per_class = ", ".join(f"{k} {v}" for k, v in report.per_class.items()) or "background only"
+    typer.echo(
+        f"imported {report.frames} frames ({per_class}) of {report.clips} clip(s) into {out} in "
+        f"{time.perf_counter() - start:.1f} s; {len(report.failed)} skipped, {len(report.warnings)} warning(s)"
+    )
+
+
 experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that reproduce and test the seed paper's claims.")
 app.add_typer(experiment_app, name="experiment")
 
@@ -388,7 +475,7 @@ def dense_vs_sparse(
     test_clips: int = typer.Option(60, "--test-clips", help="Simulated test clips.", min=1),
     size: int = typer.Option(128, "--size", help="Image side in pixels.", min=32, max=2048),
     width: int = typer.Option(16, "--width", help="U-Net width.", min=1, max=256),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = "auto",
 ) -> None:
     """Train dense- and sparse-label U-Nets on the same data and compare their false positives."""
     from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
@@ -423,20 +510,20 @@ def pocus_experiment(
         None, "--width", help="U-Net width (first level channels); default: the budget's.", min=1, max=256
     ),
     inits: str = typer.Option("dense,sparse,scratch", "--inits", help="Variants to train, comma-separated."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = "auto",
 ) -> None:
     """Simulator-pretrained reverse transfer on real POCUS frames, against scratch, with 5-fold by patient."""
+    from dataclasses import replace
+
     from pleura.experiments.pocus import PocusExperimentConfig, run_pocus
     from pleura.train.distributed import init_distributed
 
     if quick and full:
         fail("--quick and --full exclude each other")
     cfg = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
-    try:
-        cfg.seg.style = style
-        cfg.seg.width = width if width is not None else cfg.seg.width
-        cfg.inits = tuple(i.strip() for i in inits.split(",") if i.strip())
-        cfg.__post_init__()
+    try:  # replace() runs the configs' checks (__post_init__) on the new values
+        seg = replace(cfg.seg, style=style, width=width if width is not None else cfg.seg.width)
+        cfg = replace(cfg, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()))
         env = init_distributed(device)
         with progress_bar() as bar:
             results = run_pocus(data, out, cfg, env, progress=_EpochProgress(bar))
@@ -453,7 +540,7 @@ def reproduce(
     seeds: str = typer.Option(
         None, "--seeds", help="Comma-separated seeds (default 0,1,2; --quick: 0). Cached seeds are reused."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: Device = "auto",
 ) -> None:
     """The seed paper end to end on simulated data: segmentation, dense vs sparse, reverse transfer, report."""
     from dataclasses import replace
@@ -579,7 +666,7 @@ def predict(
     ),
     max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all.", min=0),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    overwrite: Overwrite = False,
 ) -> None:
     """Diagnose images and clips: calibrated probabilities, biomarkers, OOD flags, overlays (JSON, CSV, PNG, MP4).
 

@@ -13,12 +13,67 @@ pneumonia frame is "unhealthy", every one of a normal frame "healthy". That is w
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 
 import numpy as np
 
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # pragma: no cover - Python 3.10
+
+    class StrEnum(str, Enum):
+        """``enum.StrEnum`` (3.11+) for Python 3.10: members are ``str`` and print as their value."""
+
+        def __str__(self) -> str:
+            return str(self.value)
+
+
 DIAGNOSES: tuple[str, ...] = ("covid", "pneumonia", "normal")
-PROBES: tuple[str, ...] = ("linear", "curvilinear")
+
+#: names real data gives a probe type, lower case -> pleura's value (the simulator's)
+_PROBE_ALIASES = {"linear": "linear", "curvilinear": "curvilinear", "convex": "curvilinear"}
+
+
+class Probe(StrEnum):
+    """A probe type. The values are what manifests and JSON files hold; real data's ``convex`` is ``CURVILINEAR``.
+
+    Members are strings (``Probe.LINEAR == "linear"``), so ``json.dumps`` and ``csv`` write the plain value.
+    """
+
+    LINEAR = "linear"
+    CURVILINEAR = "curvilinear"
+
+    @classmethod
+    def parse(cls, text: str) -> Probe:
+        """The probe that ``text`` names: ``linear``, ``curvilinear`` or ``convex`` (its alias), any case.
+
+        Raises:
+            ValueError: ``text`` names no probe; the message lists the valid values.
+        """
+        value = _PROBE_ALIASES.get(str(text).strip().lower())
+        if value is None:
+            raise ValueError(
+                f"unknown probe {str(text)!r}; choose one of: {', '.join(cls)} (convex is read as curvilinear)"
+            )
+        return cls(value)
+
+
+PROBES: tuple[Probe, ...] = tuple(Probe)  # linear, curvilinear: the order the simulator alternates them in
+
+
+class SchemaName(StrEnum):
+    """The label schemas, finest first: labels only coarsen along this order (``convert``)."""
+
+    ANATOMY = "anatomy"
+    DENSE = "dense"
+    SPARSE = "sparse"
+
+
+#: anatomy -> dense -> sparse: the one order of the schemas (mask folders and columns, ``convert``, datasets)
+SCHEMA_ORDER: tuple[SchemaName, ...] = tuple(SchemaName)
 
 
 @dataclass(frozen=True)
@@ -107,13 +162,42 @@ SPARSE = _schema(
 )
 
 SCHEMAS: dict[str, Schema] = {s.name: s for s in (ANATOMY, DENSE, SPARSE)}
+if tuple(SCHEMAS) != SCHEMA_ORDER:  # a programming error in this module, caught at import time
+    raise RuntimeError(f"SCHEMAS {tuple(SCHEMAS)} are not in SCHEMA_ORDER {SCHEMA_ORDER}")
 
 
-def get_schema(name: str) -> Schema:
-    """Look a schema up by name; the error lists the valid names."""
+def get_schema(name: str | SchemaName | Schema) -> Schema:
+    """Look a schema up by name (a ``SchemaName`` or its text); a ``Schema`` is returned as it is.
+
+    Raises:
+        KeyError: no schema has that name; the message lists the valid names.
+    """
+    if isinstance(name, Schema):
+        return name
     if name not in SCHEMAS:
-        raise KeyError(f"unknown schema {name!r}; choose one of: {', '.join(SCHEMAS)}")
+        raise KeyError(f"unknown schema {str(name)!r}; choose one of: {', '.join(SCHEMAS)}")
     return SCHEMAS[name]
+
+
+def recorded_schema(name: str | None, source: str | Path) -> Schema:
+    """The schema a model records (``UNetConfig.schema``), refusing a model that records none.
+
+    There is no default: a model without a schema is not taken for a dense one.
+
+    Args:
+        name: the recorded schema name, or ``None``/``""`` when the model records none.
+        source: the model's file (or what else names the model) for the message.
+
+    Raises:
+        ValueError: the model records no schema (one line naming ``source``).
+        KeyError: the recorded name is no schema.
+    """
+    if not name:
+        raise ValueError(
+            f"{source}: the model records no label schema; it is not a pleura segmentation model, "
+            "or was saved without one"
+        )
+    return get_schema(name)
 
 
 def _lut(src: Schema, dst: Schema, mapping: dict[str, str]) -> np.ndarray:
@@ -171,9 +255,9 @@ def to_sparse(dense_mask: np.ndarray) -> np.ndarray:
 
 def convert(mask: np.ndarray, src: str, dst: str) -> np.ndarray:
     """Map a mask from schema ``src`` to schema ``dst`` along anatomy -> dense -> sparse."""
-    order = ("anatomy", "dense", "sparse")
+    order = SCHEMA_ORDER
     if src not in order or dst not in order or order.index(dst) < order.index(src):
-        raise ValueError(f"cannot map {src!r} to {dst!r}: labels only coarsen along {' -> '.join(order)}")
+        raise ValueError(f"cannot map {str(src)!r} to {str(dst)!r}: labels only coarsen along {' -> '.join(order)}")
     steps = {"anatomy": to_dense, "dense": to_sparse}
     for name in order[order.index(src) : order.index(dst)]:
         mask = steps[name](mask)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pleura.atomic import write_bytes
-from pleura.labels import SCHEMAS, Schema, get_schema
+from pleura.labels import SCHEMA_ORDER, SCHEMAS, Schema, get_schema
 
 # Classes drawn without colour in overlays: the image shows them better than a tint.
 UNTINTED = {"background", "soft_tissue", "outside_scan", "lung_healthy", "below_pleura_healthy"}
@@ -53,9 +53,7 @@ def sign_count(row: dict[str, str]) -> int:
     )
 
 
-def dataset_gallery(
-    root: str | Path, path: str | Path, schemas: tuple[str, ...] = ("anatomy", "dense", "sparse")
-) -> Path:
+def dataset_gallery(root: str | Path, path: str | Path, schemas: tuple[str, ...] = SCHEMA_ORDER) -> Path:
     """Contact sheet of a manifest dataset: one row per (probe, diagnosis), the image and its overlays."""
     import matplotlib
 
@@ -107,7 +105,7 @@ def heat(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
 
 
 def annotated_panel(
-    image: np.ndarray, labels: np.ndarray, schema: str, title: str, cam: np.ndarray | None = None
+    image: np.ndarray, labels: np.ndarray, schema: str | Schema, title: str, cam: np.ndarray | None = None
 ) -> np.ndarray:
     """Frame | segmentation overlay | class-activation map (when given), with a title bar; (H+18, nW, 3)."""
     panels = [np.repeat(image[..., None], 3, axis=2), overlay(image, labels, get_schema(schema))]

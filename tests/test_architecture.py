@@ -1,7 +1,7 @@
 """pleura's imports only point down the layers: the import-linter contracts in ``pyproject.toml`` hold.
 
 The layers, top to bottom: cli, experiments, infer, evaluate, train, simulate, postprocess | viz | metrics,
-data | models, labels | atomic | parallel | device. Imports inside functions count as much as those at the top.
+data | models, labels | atomic | parallel | device | report. Imports inside functions count as much as those at the top.
 """
 
 from __future__ import annotations

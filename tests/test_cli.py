@@ -178,3 +178,60 @@ def test_a_photograph_gets_no_diagnosis_from_the_shipped_model(tmp_path: Path):
     assert output.count("no diagnosis: not like lung ultrasound") == 2
     doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert [f["diagnosis"] for f in doc["files"]] == [None, None]
+
+
+def test_init_run_is_a_structured_option_and_the_old_form_still_works(tmp_path: Path, monkeypatch):
+    """``--init dense --init-run RUN`` and ``--init dense:RUN`` give the same config; misuse is one line."""
+    from pleura.train import cls
+
+    seen = []
+    monkeypatch.setattr(cls, "train_kfold", lambda cfg, *a, **k: seen.append(cfg.init))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "seg").mkdir()
+    base = ["train-cls", "--data", tmp_path / "data", "--out", tmp_path / "out"]
+    assert _run(*base, "--init", "dense", "--init-run", tmp_path / "seg")[0] == 0
+    assert _run(*base, "--init", f"dense:{tmp_path / 'seg'}")[0] == 0
+    assert seen == [f"dense:{tmp_path / 'seg'}"] * 2
+    code, output = _run(*base, "--init", "scratch", "--init-run", tmp_path / "seg")
+    assert code == 2 and "--init-run goes with --init dense or --init sparse" in output
+    code, output = _run(*base, "--init", "dense", "--init-run", tmp_path / "missing")
+    assert code == 2 and "does not exist" in output
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """A default lives in the config dataclass; the command line's defaults must be the same values."""
+    from dataclasses import fields
+
+    from pleura.data.pocus import PocusImportConfig
+    from pleura.simulate import SimulationConfig
+    from pleura.train.cls import ClsTrainConfig
+    from pleura.train.seg import SegTrainConfig
+
+    commands = {c.name or c.callback.__name__: c.callback for c in app.registered_commands}
+    data = {c.name or c.callback.__name__: c.callback for g in app.registered_groups
+            for c in g.typer_instance.registered_commands}  # fmt: skip
+    pairs = [
+        (commands["train-seg"], SegTrainConfig, {"no_augment"}),
+        (commands["train-cls"], ClsTrainConfig, {"folds", "init_run"}),
+        (commands["simulate"], SimulationConfig, {"probe", "classes"}),
+        (data["import-pocus"], PocusImportConfig, set()),
+    ]
+    checked = 0
+    for callback, config, skip in pairs:
+        defaults = {f.name: f.default for f in fields(config)}
+        for name, param in _cli_defaults(callback).items():
+            if name in defaults and name not in skip:
+                assert param == defaults[name], f"{config.__name__}.{name}: CLI {param!r} != config {defaults[name]!r}"
+                checked += 1
+    assert checked >= 20
+
+
+def _cli_defaults(callback) -> dict:
+    """A command's option defaults, by parameter name (typer options or Annotated defaults)."""
+    import inspect
+
+    out = {}
+    for name, p in inspect.signature(callback).parameters.items():
+        default = p.default
+        out[name] = getattr(default, "default", default)
+    return out

@@ -1,4 +1,11 @@
-"""Label schemas, mappings and densify on hand-made masks."""
+"""Label schemas, mappings and densify on hand-made masks; the Probe and SchemaName vocabularies."""
+
+import csv
+import inspect
+import io
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,10 +13,16 @@ import pytest
 from pleura.labels import (
     ANATOMY,
     DENSE,
+    PROBES,
+    SCHEMA_ORDER,
+    SCHEMAS,
     SPARSE,
+    Probe,
+    SchemaName,
     convert,
     densify,
     get_schema,
+    recorded_schema,
     to_dense,
     to_sparse,
 )
@@ -92,3 +105,86 @@ def test_densify_rejects_bad_input():
         densify(_column_mask(), "flu")
     with pytest.raises(ValueError, match="class index 7"):
         densify(np.full((2, 2), 7, dtype=np.uint8), "normal")
+
+
+@pytest.mark.parametrize(
+    ("text", "probe"),
+    [
+        ("linear", Probe.LINEAR),
+        ("curvilinear", Probe.CURVILINEAR),
+        ("convex", Probe.CURVILINEAR),  # what real data (POCUS, the scan-area detector's shape) calls it
+        (" CONVEX ", Probe.CURVILINEAR),
+        ("Linear", Probe.LINEAR),
+        (Probe.CURVILINEAR, Probe.CURVILINEAR),
+    ],
+)
+def test_probe_parse_reads_the_aliases_real_data_uses(text, probe):
+    assert Probe.parse(text) is probe
+
+
+@pytest.mark.parametrize("text", ["phased", "", "sector", "mixed"])
+def test_probe_parse_names_the_valid_values(text):
+    with pytest.raises(ValueError) as err:
+        Probe.parse(text)
+    assert str(err.value) == (
+        f"unknown probe {text!r}; choose one of: linear, curvilinear (convex is read as curvilinear)"
+    )
+
+
+def test_probe_values_are_written_as_before():
+    """Manifests and JSON keep the plain values: a Probe is a str whose text is its value."""
+    assert PROBES == (Probe.LINEAR, Probe.CURVILINEAR) == ("linear", "curvilinear")
+    assert Probe.CURVILINEAR == "curvilinear" and hash(Probe.LINEAR) == hash("linear")
+    assert json.dumps({"probe": Probe.CURVILINEAR, SchemaName.DENSE: 1}) == '{"probe": "curvilinear", "dense": 1}'
+    assert f"{Probe.LINEAR}/{SchemaName.SPARSE}" == str(Probe.LINEAR) + "/sparse" == "linear/sparse"
+    buffer = io.StringIO()
+    csv.DictWriter(buffer, ["probe", "schema"]).writerow({"probe": Probe.CURVILINEAR, "schema": SchemaName.ANATOMY})
+    assert buffer.getvalue() == "curvilinear,anatomy\r\n"
+
+
+def test_schema_names_and_the_one_order():
+    assert tuple(SchemaName) == SCHEMA_ORDER == ("anatomy", "dense", "sparse")
+    assert tuple(SCHEMAS) == SCHEMA_ORDER
+    for name, schema in zip(SchemaName, (ANATOMY, DENSE, SPARSE), strict=True):
+        assert get_schema(name) is schema and get_schema(str(name)) is schema and get_schema(schema) is schema
+    with pytest.raises(ValueError, match="only coarsen along anatomy -> dense -> sparse"):
+        convert(np.zeros((2, 2), np.uint8), SchemaName.SPARSE, SchemaName.DENSE)
+
+
+def test_dataset_writer_and_gallery_share_the_schema_order():
+    """The order is defined once (labels.SCHEMA_ORDER); the dataset reader and the simulator's writer use it."""
+    from pleura.data import dataset
+    from pleura.simulate import writer
+    from pleura.viz import dataset_gallery
+
+    assert dataset.SCHEMA_ORDER is SCHEMA_ORDER and writer.SCHEMA_ORDER is SCHEMA_ORDER
+    assert inspect.signature(dataset_gallery).parameters["schemas"].default is SCHEMA_ORDER
+    assert not hasattr(writer, "MASK_SCHEMAS") and not hasattr(dataset, "_COARSENING")  # no second copy
+
+
+def test_recorded_schema_refuses_none():
+    assert recorded_schema("sparse", "m.safetensors") is SPARSE
+    for missing in (None, ""):
+        with pytest.raises(ValueError, match=r"^m\.safetensors: the model records no label schema; it is not a pleura"):
+            recorded_schema(missing, "m.safetensors")
+
+
+def test_a_model_without_a_schema_is_refused_not_taken_for_dense(tmp_path: Path):
+    """Where ``or "dense"`` used to fill in: the predictor, eval-model and train-cls's held-out predictions."""
+    from pleura.evaluate.external import evaluate_model
+    from pleura.infer.predictor import Predictor
+    from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, save_model
+    from pleura.train.cls import predict_rows
+
+    model = ReverseTransferClassifier(UNet(UNetConfig(width=4, depth=2, schema=None)), tap="logits").eval()
+    path = save_model(model, tmp_path / "noschema.safetensors")
+    message = re.escape(
+        f"{path}: the model records no label schema; it is not a pleura segmentation model, or was saved without one"
+    )
+    with pytest.raises(ValueError, match=message):
+        Predictor(path, engine="torch")
+    with pytest.raises(ValueError, match=message):
+        evaluate_model(path, tmp_path / "data", tmp_path / "out")  # before any data is read
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="ReverseTransferClassifier: the model records no label schema"):
+        predict_rows(model, tmp_path / "data", [])

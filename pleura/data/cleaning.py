@@ -22,6 +22,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from pleura.labels import Probe
+
 log = logging.getLogger(__name__)
 
 WORK_SIDE = 256  # the scan area is found on a block-averaged grid whose longer side is at most this
@@ -45,7 +47,7 @@ class ScanArea:
 
     mask: np.ndarray  # bool (H, W), True inside the scan area
     bbox: tuple[int, int, int, int]  # (top, bottom, left, right) of the mask, exclusive ends
-    probe: str  # "convex" (sector) or "linear" (rectangle), see ``detect_probe``
+    probe: Probe  # CURVILINEAR (a convex probe's sector) or LINEAR (rectangle), see ``detect_probe``
     fill: float  # fraction of the bbox the mask fills: ~1 for a rectangle, ~0.6-0.8 for a sector
     taper: float  # mean mask width in the top 10% rows over the widest row of the bottom half
     sag: float  # how far the bottom edge's centre lies below both its points at 10% and 90% of the width, / width
@@ -145,11 +147,12 @@ def _shape(mask: np.ndarray) -> tuple[tuple[int, int, int, int], float, float, f
     return (t, b, left, right), float(box.mean()), taper, sag
 
 
-def _probe(fill: float, taper: float, sag: float) -> str:
-    return "convex" if fill < FILL_CONVEX or taper < TAPER_CONVEX or sag > SAG_CONVEX else "linear"
+def _probe(fill: float, taper: float, sag: float) -> Probe:
+    convex = fill < FILL_CONVEX or taper < TAPER_CONVEX or sag > SAG_CONVEX
+    return Probe.CURVILINEAR if convex else Probe.LINEAR
 
 
-def detect_probe(mask: np.ndarray) -> str:
+def detect_probe(mask: np.ndarray) -> Probe:
     """Convex or linear probe from the scan area's shape.
 
     A linear probe images a rectangle: it fills its bounding box, is as wide at the top as at the
@@ -163,9 +166,9 @@ def detect_probe(mask: np.ndarray) -> str:
         mask: bool ``(H, W)`` scan area.
 
     Returns:
-        ``"convex"`` or ``"linear"`` (``"linear"`` for an empty mask).
+        ``Probe.CURVILINEAR`` (convex) or ``Probe.LINEAR`` (``LINEAR`` for an empty mask).
     """
-    return _probe(*_shape(mask)[1:]) if mask.any() else "linear"
+    return _probe(*_shape(mask)[1:]) if mask.any() else Probe.LINEAR
 
 
 def _marks(sub: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -195,7 +198,7 @@ def find_scan_area(frames: np.ndarray) -> ScanArea:
     the largest connected component, its convex hull (fills a sector's dark depths and shadowed sides)
     plus the corners the opening rounded off, minus what the hull adds above a sector's top arc (a
     parabola fitted to the top edge). The probe follows from the shape (``detect_probe``). An empty
-    result falls back to the full frame, probe ``"linear"``, with a warning.
+    result falls back to the full frame, probe ``Probe.LINEAR``, with a warning.
 
     Args:
         frames: ``(N, H, W)`` uint8 grey frames, ``N >= 1`` (an ``(H, W)`` image is taken as ``N = 1``).
@@ -224,7 +227,7 @@ def find_scan_area(frames: np.ndarray) -> ScanArea:
     grid = _regularise(grid) if grid.mean() >= MIN_FRACTION else np.zeros_like(grid)
     if not grid.any():
         log.warning("no scan area found in %d frames of %dx%d; using the full frame", n, H, W)
-        return ScanArea(np.ones((H, W), dtype=bool), (0, H, 0, W), "linear", 1.0, 1.0, 0.0)
+        return ScanArea(np.ones((H, W), dtype=bool), (0, H, 0, W), Probe.LINEAR, 1.0, 1.0, 0.0)
     if f > 1:
         grid = ndimage.zoom(grid.astype(np.float32), f, order=1, grid_mode=True, mode="nearest")[:H, :W] > 0.5
     bbox, fill, taper, sag = _shape(grid)

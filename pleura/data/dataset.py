@@ -14,11 +14,9 @@ from torch.utils.data import Dataset
 
 from pleura.data.manifest import ManifestError, manifest_path, read_manifest
 from pleura.data.transforms import Transform
-from pleura.labels import DIAGNOSES, convert, get_schema
+from pleura.labels import DIAGNOSES, SCHEMA_ORDER, Schema, SchemaName, convert, get_schema
 
 logger = logging.getLogger(__name__)
-
-_COARSENING = ("anatomy", "dense", "sparse")  # a mask can be derived from any schema to its left
 
 
 class LUSDataset(Dataset):
@@ -41,7 +39,8 @@ class LUSDataset(Dataset):
     Args:
         root: the dataset folder or its ``manifest.csv``; relative paths in the manifest resolve against
             the folder.
-        schema: mask schema name (``"anatomy"``, ``"dense"``, ``"sparse"``) or ``None`` for images only.
+        schema: mask schema (a ``Schema``, or its name: ``"anatomy"``, ``"dense"``, ``"sparse"``) or ``None`` for
+            images only.
         transform: called as ``transform(image, mask, rng)`` on numpy arrays, e.g.
             ``pleura.data.default_augmentation(schema)``.
         rows: a subset of ``read_manifest(root)`` rows (e.g. one part of ``split_by_group``); all rows
@@ -59,7 +58,7 @@ class LUSDataset(Dataset):
     def __init__(
         self,
         root: str | Path,
-        schema: str | None = "dense",
+        schema: str | SchemaName | Schema | None = "dense",
         transform: Transform | None = None,
         rows: Sequence[dict[str, str]] | None = None,
         seed: int = 0,
@@ -78,7 +77,8 @@ class LUSDataset(Dataset):
         if self.schema is None or not self.rows:
             return []
         target = self.schema.name
-        sources = [target, *reversed(_COARSENING[: _COARSENING.index(target)])]
+        # a mask can be derived from any schema before its own in SCHEMA_ORDER
+        sources = [target, *reversed(SCHEMA_ORDER[: SCHEMA_ORDER.index(target)])]
         columns = set().union(*(r.keys() for r in self.rows))
         found = [(f"mask_{s}", s) for s in sources if f"mask_{s}" in columns]
         if not found:

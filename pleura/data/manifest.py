@@ -1,8 +1,9 @@
 """Read a manifest dataset: a folder holding ``manifest.csv``, one row per frame.
 
 Path columns (``image``, ``mask_<schema>``) are relative to the folder. Only ``id``, ``image``,
-``diagnosis`` and ``clip_id`` are required; ``patient_id`` defaults to ``clip_id``, and every other
-column (probe, masks, simulator parameters) is optional and passed through as a string.
+``diagnosis`` and ``clip_id`` are required; ``patient_id`` defaults to ``clip_id``, a ``probe`` is read as a
+``pleura.labels.Probe`` (``convex`` becomes ``curvilinear``), and every other column (masks, simulator
+parameters) is optional and passed through as a string.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
+
+from pleura.labels import Probe
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +38,11 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
 
     Returns:
         One dict per row, column name to string value, in file order; ``patient_id`` is filled from
-        ``clip_id`` where the column is absent or the cell empty.
+        ``clip_id`` where the column is absent or the cell empty; a non-empty ``probe`` is a ``Probe``.
 
     Raises:
         ManifestError: one line naming the file and the problem (no such file, no rows, missing
-            required columns, empty required cells, duplicate ids).
+            required columns, empty required cells, duplicate ids, an unknown probe).
 
     Example:
         >>> rows = read_manifest("data/sim")  # doctest: +SKIP
@@ -78,5 +81,10 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
         seen[row["id"]] = line
         if not row.get("patient_id"):
             row["patient_id"] = row["clip_id"]
+        if row.get("probe"):
+            try:
+                row["probe"] = Probe.parse(row["probe"])
+            except ValueError as e:
+                raise ManifestError(f"{csv_path}: line {line}: {e}, or leave the cell empty") from None
     logger.debug("read %d rows from %s", len(rows), csv_path)
     return rows

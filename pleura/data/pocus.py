@@ -29,6 +29,7 @@ from pleura import __version__
 from pleura.atomic import staged_folder
 from pleura.data.cleaning import clean_clip
 from pleura.data.readers import ReadError, iter_frames
+from pleura.labels import PROBES, Probe
 from pleura.parallel import parallel_map
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ OTHER_CLASSES = ("viral_pneumonia", "uncertain")
 SOURCE_COLUMNS = ("file", "cls", "type", "probe", "patient_id")
 #: upstream columns carried into every frame row
 CARRIED = ("source_id", "license", "source_url", "b_lines", "a_lines", "consolidations", "effusion", "pleural_irreg")
-PROBE_MAP = {"convex": "curvilinear", "linear": "linear"}  # upstream probe name -> pleura's (the simulator's)
 MANIFEST_COLUMNS = [
     "id", "image", "diagnosis", "clip_id", "patient_id", "probe", "probe_detected", "source_class", "file",
     "media", "frame", "time_s", *CARRIED, "source",
@@ -115,6 +115,10 @@ def _import_file(task: tuple[Path, dict[str, str], PocusImportConfig, Path]) -> 
     src, row, cfg, tmp = task
     path = src / row["file"]
     clip_id = clip_id_of(row)
+    try:  # upstream says "convex" where pleura (and the simulator) say curvilinear; a blank stays blank
+        probe: Probe | str = Probe.parse(row["probe"]) if row["probe"] else ""
+    except ValueError as e:
+        return [], f"{path}: {e}"
     try:
         frames = sample_evenly(list(iter_frames(path, fps=_rate(row, cfg))), cfg.max_per_clip)
         if not frames:
@@ -131,8 +135,7 @@ def _import_file(task: tuple[Path, dict[str, str], PocusImportConfig, Path]) -> 
             {
                 "id": fid, "image": f"images/{fid}.png", "diagnosis": diagnosis, "clip_id": clip_id,
                 "patient_id": f"pocus-{row['patient_id'] or clip_id}",
-                "probe": PROBE_MAP.get(row["probe"], row["probe"]),
-                "probe_detected": PROBE_MAP.get(area.probe, area.probe), "source_class": row["cls"],
+                "probe": probe, "probe_detected": area.probe, "source_class": row["cls"],
                 "file": row["file"], "media": row.get("type", ""), "frame": frame.index,
                 "time_s": round(frame.time_s, 3), **{k: row.get(k, "") for k in CARRIED}, "source": "pocus",
             }
@@ -230,7 +233,7 @@ def import_pocus(
 def probe_agreement(rows: Sequence[dict[str, Any]]) -> float | None:
     """Fraction of clips whose probe type detected from the image matches the source's label."""
     clips = {r["clip_id"]: (r["probe"], r["probe_detected"]) for r in rows}
-    labelled = [a == b for a, b in clips.values() if a in PROBE_MAP.values()]
+    labelled = [a == b for a, b in clips.values() if a in PROBES]
     return float(np.mean(labelled)) if labelled else None
 
 

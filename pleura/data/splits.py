@@ -106,6 +106,14 @@ def group_kfold(
     the fewest frames of that diagnosis, so folds are balanced in groups and frames per class. Every
     group is in exactly one test fold.
 
+    Written here, not scikit-learn's ``StratifiedGroupKFold``, which cannot give these folds: it shuffles with
+    a legacy ``RandomState`` rather than ``default_rng(seed)``, orders groups by the spread of their class
+    distribution rather than by size, and puts each where the class proportions over folds vary least rather
+    than dealing each diagnosis's frames evenly; on a random grouped dataset none of 200 ``random_state``
+    values (or ``shuffle=False``) gave the same folds. Every published figure depends on these folds: the
+    ``reproduce`` and ``pocus`` results, and the shipped models' held-out folds that the OOD benchmark
+    rebuilds.
+
     Raises:
         ValueError: fewer than 2 diagnoses, or a diagnosis with fewer groups than folds (named, with the
             fix), before any training starts.

@@ -26,6 +26,7 @@ from pleura.metrics.classification import (
     metrics_table,
     summarise_folds,
 )
+from pleura.report import fmt, markdown_table
 
 
 def read_predictions(path: Path) -> dict[str, np.ndarray]:
@@ -168,20 +169,16 @@ def eval_markdown(result: dict[str, Any]) -> str:
             f"{ci['balanced_accuracy'][0]:.3f}-{ci['balanced_accuracy'][1]:.3f}); bootstrap over patients.\n"
         )
         names = result["class_names"]
-        lines.append("| truth \\ predicted | " + " | ".join(names) + " |")
-        lines.append("|---" * (len(names) + 1) + "|")
-        for name, row in zip(names, pooled["confusion"], strict=True):
-            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        confusion = [[name, *row] for name, row in zip(names, pooled["confusion"], strict=True)]
+        lines.append(markdown_table(["truth \\ predicted", *names], confusion))
         lines.append("")
     markers = result.get("biomarkers_by_diagnosis") or {}
     if markers:
         names = result["class_names"]
+        rows = [[marker, *(fmt(by[n], ".3g", missing="nan") for n in names)] for marker, by in markers.items()]
         lines += [
             "## Biomarkers read from the model's segmentation (mean over held-out frames, by true diagnosis)\n",
-            "| biomarker | " + " | ".join(names) + " |",
-            "|---" * (len(names) + 1) + "|",
+            markdown_table(["biomarker", *names], rows),
+            "",
         ]
-        for marker, by in markers.items():
-            lines.append(f"| {marker} | " + " | ".join(f"{by[n]:.3g}" for n in names) + " |")
-        lines.append("")
     return "\n".join(lines) + "\n"

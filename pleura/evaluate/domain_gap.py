@@ -55,6 +55,8 @@ def domain_gap(
     groups = np.array([f"real/{g}" for g in gr] + [f"sim/{g}" for g in gs])
     x = np.where(np.isfinite(x), x, np.nanmedian(x, axis=0))
     aucs = []
+    # scikit-learn's folds, not pleura.data.group_kfold's: the published sim-to-real AUCs and their spread over
+    # folds (docs/results/pocus.md) were measured on these; group_kfold's other folds would change them
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for train, test in splitter.split(x, y, groups):
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))

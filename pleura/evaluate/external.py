@@ -23,7 +23,7 @@ from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
 from pleura.data.dataset import image_size
 from pleura.evaluate.cls import eval_markdown, evaluate_predictions
-from pleura.labels import DIAGNOSES
+from pleura.labels import DIAGNOSES, recorded_schema
 from pleura.metrics.classification import balanced_accuracy
 from pleura.postprocess.calibration import expected_calibration_error, scale_probabilities
 from pleura.postprocess.ood import OODDetector
@@ -65,6 +65,7 @@ def evaluate_model(
         raise ValueError(f"{model_path}: a {type(model).__name__}, not a classifier; export a train-cls run")
     if tuple(model.config.class_names) != DIAGNOSES:
         raise ValueError(f"{model_path}: classes {model.config.class_names}, expected {list(DIAGNOSES)}")
+    recorded_schema(model.unet.config.schema, model_path)  # refused before any work, naming the file
     rows = read_manifest(data)
     check_labels(rows, data)
     side = int((meta.get("image_size") or [0])[0])
@@ -129,7 +130,7 @@ def predict_file_model(
     from pleura.postprocess.biomarkers import frame_biomarkers
     from pleura.postprocess.calibration import softmax
 
-    schema = model.unet.config.schema or "dense"
+    schema = recorded_schema(model.unet.config.schema, type(model).__name__)
     runner = make_engine(model, engine, image_size=side)
     preds: list[dict[str, Any]] = []
     features: list[np.ndarray] = []

@@ -119,14 +119,6 @@ def confusion_figure(evals: dict[str, dict], path: str | Path, level: str = "cli
     return save_figure(fig, path, facecolor="white")
 
 
-def roc_points(is_positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates of every threshold, from (0, 0) to (1, 1)."""
-    order = np.argsort(-score, kind="stable")
-    pos = is_positive[order].astype(float)
-    tp, fp = np.cumsum(pos), np.cumsum(1 - pos)
-    return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
-
-
 def roc_figure(runs: dict[str, Path], path: str | Path) -> Path:
     """Frame-level one-vs-rest ROC curves per class, one line per model, pooled over folds.
 
@@ -139,7 +131,7 @@ def roc_figure(runs: dict[str, Path], path: str | Path) -> Path:
 
     from pleura.evaluate.cls import read_predictions
     from pleura.labels import DIAGNOSES
-    from pleura.metrics.classification import binary_roc_auc
+    from pleura.metrics.classification import binary_roc_auc, roc_points
 
     fig, axes = plt.subplots(1, len(DIAGNOSES), figsize=(3.4 * len(DIAGNOSES), 3.3), squeeze=False)
     for name, run in runs.items():

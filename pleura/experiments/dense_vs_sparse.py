@@ -22,6 +22,7 @@ import numpy as np
 from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
 from pleura.evaluate.seg import evaluate_segmentation
+from pleura.report import fmt, markdown_table, mean_std
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import Progress, SegTrainConfig, SegTrainer
@@ -101,14 +102,6 @@ def _run_done(run: Path, cfg: SegTrainConfig, data: Path) -> bool:
         return False
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value), ignoring NaN."""
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
 def run_experiment(
     out: str | Path, cfg: DenseVsSparseConfig, env: DistEnv, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -185,11 +178,6 @@ def summarise_runs(evals: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"table": table, "paired": verdict}
 
 
-def _pm(cell: dict[str, Any], spec: str) -> str:
-    m, s = cell["mean"], cell["std"]
-    return "n/a" if m is None or not np.isfinite(m) else f"{m:{spec}} ± {s:{spec}}"
-
-
 def report_markdown(results: dict[str, Any]) -> str:
     """The experiment's report: setup, table (mean ± std over seeds), verdict per class, figures."""
     cfg, t, p = results["config"], results["table"], results["paired"]
@@ -205,18 +193,18 @@ def report_markdown(results: dict[str, Any]) -> str:
         "same images, budget and seeds; every prediction is mapped to the sparse schema and scored there. "
         f"Mean ± standard deviation over {n} seeds. " + training_line(results),
         "",
-        "| metric (test set, sparse schema) | dense labels | sparse labels |",
-        "|---|---|---|",
-        f"| mean IoU | {_pm(t['dense']['mean_iou'], '.3f')} | {_pm(t['sparse']['mean_iou'], '.3f')} |",
     ]
-    for c in LINE_CLASSES:
+    rows = [("mean_iou", "mean IoU", ".3f")] + [
+        (f"{c}_{key}", f"{c} {label}", spec)
+        for c in LINE_CLASSES
         for key, label, spec in (
             ("iou", "IoU", ".3f"),
             ("fp_components_per_frame", "false-positive components / frame", ".3f"),
             ("fp_pixel_rate", "false-positive pixel rate (frames without it)", ".2e"),
-        ):
-            k = f"{c}_{key}"
-            lines.append(f"| {c} {label} | {_pm(t['dense'][k], spec)} | {_pm(t['sparse'][k], spec)} |")
+        )
+    ]
+    cells = [[label, *(fmt(t[s][k]["mean"], spec, pm=t[s][k]["std"]) for s in SCHEMAS)] for k, label, spec in rows]
+    lines.append(markdown_table(["metric (test set, sparse schema)", "dense labels", "sparse labels"], cells))
     lines += ["", "## Verdict", ""]
     for c in LINE_CLASSES:
         v = p[f"{c}_fp_components_per_frame"]

@@ -32,6 +32,7 @@ from pleura.experiments.dense_vs_sparse import (
 from pleura.experiments.reproduce import INITS, train_variants
 from pleura.labels import DIAGNOSES
 from pleura.metrics.classification import binary_roc_auc
+from pleura.report import fmt, markdown_table
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
 from pleura.train.cls import ClsTrainConfig
@@ -280,13 +281,6 @@ def flag_check(run: Path, rows: list[dict[str, str]]) -> dict[str, dict[str, Any
     return out
 
 
-def _pm(cell: dict[str, float]) -> str:
-    m, s = cell.get("mean"), cell.get("std")
-    if m is None or not np.isfinite(m):
-        return "n/a"
-    return f"{m:.3f} ± {s:.3f}" if s is not None and np.isfinite(s) else f"{m:.3f}"
-
-
 def report_markdown(results: dict[str, Any]) -> str:
     """The real-data report: data, headline table beside POCOVID-Net, sources, flags, sim-to-real gap."""
     cfg, t = results["config"], results["classification"]
@@ -306,18 +300,26 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"epochs per fold ({cfg['freeze_epochs']} with the U-Net frozen), U-Net width {cfg['seg']['width']}, seed "
         f"{cfg['seed']}. Mean ± standard deviation over folds. " + training_line(results),
         "",
-        "| init | frame bal. acc. | frame COVID sens. | frame COVID spec. | video bal. acc. | video COVID sens. "
-        "| video COVID spec. | video macro AUC |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for init, row in t.items():
-        lines.append(f"| {init} | " + " | ".join(_pm(row[f"{lv}_{m}"]) for lv, m in HEADLINE_KEYS) + " |")
+    rows = [
+        [init, *(fmt(row[f"{lv}_{m}"].get("mean"), pm=row[f"{lv}_{m}"].get("std")) for lv, m in HEADLINE_KEYS)]
+        for init, row in t.items()
+    ]
     for name, level, sens, sens_sd, spec, spec_sd in PUBLISHED:
-        s = f"{sens:.2f}" + (f" ± {sens_sd:.2f}" if sens_sd else "")
-        p = f"{spec:.2f}" + (f" ± {spec_sd:.2f}" if spec_sd else "")
-        cells = ["", s, p, "", "", "", ""] if level == "frame" else ["", "", "", "", s, p, ""]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        s, p = fmt(sens, ".2f", pm=sens_sd), fmt(spec, ".2f", pm=spec_sd)
+        rows.append([name, *(["", s, p, "", "", "", ""] if level == "frame" else ["", "", "", "", s, p, ""])])
+    head = [
+        "init",
+        "frame bal. acc.",
+        "frame COVID sens.",
+        "frame COVID spec.",
+        "video bal. acc.",
+        "video COVID sens.",
+        "video COVID spec.",
+        "video macro AUC",
+    ]
     lines += [
+        markdown_table(head, rows),
         "",
         "The published POCOVID-Net figures come from the full POCUS dataset (with the Butterfly and web-scraped "
         "videos that this openly licensed subset lacks, and more COVID-19 patients); they set the context, not "
@@ -328,26 +330,49 @@ def report_markdown(results: dict[str, Any]) -> str:
     lines += ["", "## By data source (video level, pooled held-out folds)", "",
               "Source and class are partly confounded in POCUS: a source that supplies one class can be "
               "recognised by its look rather than its lung.", ""]  # fmt: skip
+    # the tables below print an undefined value as "nan", as they always have
     inits = list(results["by_source"])
-    lines.append("| source | clips by class | " + " | ".join(f"{i} acc." for i in inits) + " |")
-    lines.append("|---" * (2 + len(inits)) + "|")
-    first = results["by_source"][inits[0]]
-    for src, s in first.items():
+    rows = []
+    for src, s in results["by_source"][inits[0]].items():
         classes = ", ".join(f"{k} {v}" for k, v in sorted(s["classes"].items()))
         accs = [results["by_source"][i].get(src, {}).get("accuracy", float("nan")) for i in inits]
-        lines.append(f"| {src} | {classes} | " + " | ".join(f"{a:.2f}" for a in accs) + " |")
+        rows.append([src, classes, *(fmt(a, ".2f", missing="nan") for a in accs)])
+    lines.append(markdown_table(["source", "clips by class", *(f"{i} acc." for i in inits)], rows))
     lines += ["", "## Biomarkers against the dataset's own flags (video level)", "",
               "Biomarkers come from each classifier's own segmentation; the flags are the upstream annotators'. "
-              "AUC 0.5 means the biomarker does not tell flagged from unflagged clips.", "",
-              "| init | flag | biomarker | clips flagged / not | mean flagged | mean unflagged | detected in flagged "
-              "| detected in unflagged | AUC |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for init, checks in results["flags"].items():
-        for flag, c in checks.items():
-            lines.append(
-                f"| {init} | {flag} | {c['biomarker']} | {c['clips_flagged']} / {c['clips_unflagged']} | "
-                f"{c['mean_flagged']:.3g} | {c['mean_unflagged']:.3g} | {c['share_flagged_detected']:.2f} | "
-                f"{c['share_unflagged_detected']:.2f} | {c['auc']:.3f} |"
-            )
+              "AUC 0.5 means the biomarker does not tell flagged from unflagged clips.", ""]  # fmt: skip
+    rows = [
+        [
+            init,
+            flag,
+            c["biomarker"],
+            f"{c['clips_flagged']} / {c['clips_unflagged']}",
+            *(
+                fmt(c[k], spec, missing="nan")
+                for k, spec in (
+                    ("mean_flagged", ".3g"),
+                    ("mean_unflagged", ".3g"),
+                    ("share_flagged_detected", ".2f"),
+                    ("share_unflagged_detected", ".2f"),
+                    ("auc", ".3f"),
+                )
+            ),
+        ]
+        for init, checks in results["flags"].items()
+        for flag, c in checks.items()
+    ]
+    head = [
+        "init",
+        "flag",
+        "biomarker",
+        "clips flagged / not",
+        "mean flagged",
+        "mean unflagged",
+        "detected in flagged",
+        "detected in unflagged",
+        "AUC",
+    ]
+    lines.append(markdown_table(head, rows))
     lines += [
         "",
         "## Sim-to-real gap",
@@ -357,15 +382,31 @@ def report_markdown(results: dict[str, Any]) -> str:
         "indistinguishable, 1.0 fully separable. The mean standardised difference averages, over the "
         "statistics, |real mean - simulated mean| / pooled standard deviation.",
         "",
-        "| simulator style | ROC AUC (mean ± std over folds) | mean standardised difference | real / simulated "
-        "frames | largest differences (real vs simulated) |",
-        "|---|---|---|---|---|",
     ]
+    rows = []
     for style, g in results["domain_gap"].items():
-        top = ", ".join(f"{k} {v['real']:.3g} vs {v['sim']:.3g}" for k, v in list(g["top"].items())[:3])
-        lines.append(f"| {style} | {g['auc']:.3f} ± {g['auc_std']:.3f} | {g['mean_d']:.2f} | {g['real_frames']} / "
-                     f"{g['sim_frames']} | {top} |")  # fmt: skip
+        top = ", ".join(
+            f"{k} {fmt(v['real'], '.3g', missing='nan')} vs {fmt(v['sim'], '.3g', missing='nan')}"
+            for k, v in list(g["top"].items())[:3]
+        )
+        rows.append(
+            [
+                style,
+                fmt(g["auc"], pm=g["auc_std"], missing="nan"),
+                fmt(g["mean_d"], ".2f", missing="nan"),
+                f"{g['real_frames']} / {g['sim_frames']}",
+                top,
+            ]
+        )
+    head = [
+        "simulator style",
+        "ROC AUC (mean ± std over folds)",
+        "mean standardised difference",
+        "real / simulated frames",
+        "largest differences (real vs simulated)",
+    ]
     lines += [
+        markdown_table(head, rows),
         "",
         "## Figures",
         "",

@@ -19,12 +19,12 @@ from pleura.atomic import write_json, write_text
 from pleura.evaluate.cls import evaluate_classification
 from pleura.experiments.dense_vs_sparse import (
     DenseVsSparseConfig,
-    mean_std,
     newer,
     recorded_seconds,
     run_experiment,
     training_line,
 )
+from pleura.report import fmt, markdown_table, mean_std
 from pleura.train.cls import ClsTrainConfig, train_kfold
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
@@ -200,10 +200,8 @@ def paired_differences(
 
 
 def _cell(c: dict[str, Any], n_seeds: int) -> str:
-    if c["mean"] is None or not np.isfinite(c["mean"]):
-        return "n/a"
-    spread = c["std_over_seeds"] if n_seeds > 1 else c["fold_std"]
-    return f"{c['mean']:.3f} ± {spread:.3f}"
+    """A headline cell: the mean ± the spread over seeds (over folds for one seed)."""
+    return fmt(c["mean"], pm=c["std_over_seeds"] if n_seeds > 1 else c["fold_std"])
 
 
 def report_markdown(results: dict[str, Any], cfg: ReproduceConfig) -> str:
@@ -235,12 +233,17 @@ def report_markdown(results: dict[str, Any], cfg: ReproduceConfig) -> str:
         "",
         f"Mean ± {spread}.",
         "",
-        "| init | frame balanced accuracy | frame macro ROC AUC | clip balanced accuracy | clip COVID-19 sensitivity |",
-        "|---|---|---|---|---|",
+        markdown_table(
+            [
+                "init",
+                "frame balanced accuracy",
+                "frame macro ROC AUC",
+                "clip balanced accuracy",
+                "clip COVID-19 sensitivity",
+            ],
+            [[init, *(_cell(t[init][f"{lv}_{m}"], n) for lv, m in HEADLINE)] for init in INITS],
+        ),
     ]
-    for init in INITS:
-        cells = [_cell(t[init][f"{lv}_{m}"], n) for lv, m in HEADLINE]
-        lines.append(f"| {init} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"Ranking by frame-level balanced accuracy, as measured: {' > '.join(ranking)}. The gap between the "
@@ -250,12 +253,17 @@ def report_markdown(results: dict[str, Any], cfg: ReproduceConfig) -> str:
         "Paired differences of frame balanced accuracy (every variant of a seed is scored on the same folds; "
         "mean ± standard deviation over seeds of each seed's mean difference):",
         "",
-        "| comparison | difference | higher in seeds | higher in folds (ties) |",
-        "|---|---|---|---|",
-        *(
-            f"| {k.replace('-', ' - ')} | {d['mean']:+.3f} ± {d['std_over_seeds']:.3f} | {d['seeds_higher']} of "
-            f"{d['seeds']} | {d['folds_higher']} of {d['folds']} ({d['folds_tied']}) |"
-            for k, d in results["paired"].items()
+        markdown_table(
+            ["comparison", "difference", "higher in seeds", "higher in folds (ties)"],
+            [
+                [
+                    k.replace("-", " - "),
+                    fmt(d["mean"], "+.3f", pm=d["std_over_seeds"]),
+                    f"{d['seeds_higher']} of {d['seeds']}",
+                    f"{d['folds_higher']} of {d['folds']} ({d['folds_tied']})",
+                ]
+                for k, d in results["paired"].items()
+            ],
         ),
         "",
         "## 3. Figures",

@@ -23,6 +23,7 @@ from torch import nn
 
 from pleura.data import read_manifest
 from pleura.data.cleaning import clean_clip
+from pleura.labels import recorded_schema
 from pleura.models import save_model
 from pleura.postprocess.calibration import expected_calibration_error, fit_temperature, scale_probabilities
 from pleura.postprocess.ood import OODDetector
@@ -176,7 +177,7 @@ def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed:
     meta: dict[str, Any] = {
         "kind": BUNDLE_KIND,
         "class_names": list(model.config.class_names),
-        "schema": model.unet.config.schema or "dense",
+        "schema": recorded_schema(model.unet.config.schema, fold / "best").name,
         "image_size": list(config["image_size"]),
         "source_run": str(fold),
         "init": config["train"].get("init", ""),

@@ -26,6 +26,7 @@ from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_o
 from pleura.data.readers import Frame, ReadError, iter_frames
 from pleura.infer.batch import run_frames
 from pleura.infer.engine import make_engine
+from pleura.labels import Probe, Schema, recorded_schema
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
 from pleura.postprocess.ood import OODDetector
@@ -65,7 +66,7 @@ class ClipResult:
     biomarkers: dict[str, Any]  # max of counts and score, mean of fractions, any of flags over frames
     frames: list[FrameResult] = field(default_factory=list)
     ood_frames: int = 0
-    probe: str = ""  # probe type detected from the scan area's shape
+    probe: Probe | str = ""  # probe type detected from the scan area's shape ("" only for a result built empty)
 
     def to_dict(self, frames: bool = True) -> dict[str, Any]:
         d = asdict(self)
@@ -127,7 +128,7 @@ class Predictor:
             raise ValueError(f"{self.path}: a {type(self.model).__name__}, not a classifier; export a train-cls run")
         self.size = int((self.meta.get("image_size") or [256])[0])
         self.class_names = tuple(self.model.config.class_names)
-        self.schema = self.model.unet.config.schema or "dense"
+        self.schema: Schema = recorded_schema(self.model.unet.config.schema, self.path)  # no default: refused
         self.temperature = float(self.meta.get("temperature", 1.0))
         features = self.model.head.num_features
         try:
@@ -173,7 +174,7 @@ class Predictor:
         """
         path = Path(path)
         results: list[FrameResult] = []
-        probe = ""
+        probe: Probe | str = ""
         stream = self._clean(iter_frames(path, fps=self.rate, max_frames=self.max_frames))
         while batch := list(itertools.islice(stream, self.batch_size)):
             probe = batch[0][2].probe
@@ -204,5 +205,5 @@ class Predictor:
             biomarkers=aggregate_biomarkers([r.biomarkers for r in good]),
             frames=results,
             ood_frames=sum(r.ood for r in results),
-            probe={"convex": "curvilinear"}.get(probe, probe),
+            probe=probe,
         )

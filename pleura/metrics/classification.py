@@ -1,6 +1,7 @@
 """Diagnosis-classification metrics: per-class scores, ROC AUC, clip-level aggregation, bootstrap CIs, folds.
 
-Frame probabilities in, plain dicts out; numpy only (scikit-learn is a test-time reference, not a dependency):
+Frame probabilities in, plain dicts out. ROC AUC and ROC curves are scikit-learn's (``roc_auc_score``,
+``roc_curve``), with pleura's rule for a class missing from the truth (NaN, not an error); the rest is numpy:
 
     m = classification_metrics(y, prob)                     # frame level, classes DIAGNOSES
     clips, y_clip, p_clip = aggregate_by_group(clip_ids, y, prob)
@@ -15,13 +16,17 @@ rows sum to 1 (softmax outputs). The predicted class is ``prob.argmax(1)`` (the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from pleura.labels import DIAGNOSES
 from pleura.metrics.segmentation import nan_div
+from pleura.report import fmt, markdown_table, mean_std
 
 __all__ = [
     "accuracy",
@@ -29,8 +34,10 @@ __all__ = [
     "balanced_accuracy",
     "binary_roc_auc",
     "bootstrap_ci",
+    "bootstrap_indices",
     "classification_metrics",
     "metrics_table",
+    "roc_points",
     "summarise_folds",
 ]
 
@@ -97,23 +104,41 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def binary_roc_auc(is_positive: Any, score: Any) -> float:
-    """Exact ROC AUC of ``score`` for a boolean target, by the Mann-Whitney rank statistic.
+def _binary(is_positive: Any, score: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Boolean target, float64 scores (finite, same length) and whether both classes are present."""
+    pos = np.asarray(is_positive, dtype=bool).reshape(-1)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if pos.shape != s.shape:
+        raise ValueError(f"is_positive and score should have one value per sample, got {pos.size} and {s.size}")
+    if not np.isfinite(s).all():
+        raise ValueError(f"score holds {int((~np.isfinite(s)).sum())} NaN or infinite values; expected finite scores")
+    return pos, s, 0 < int(pos.sum()) < pos.size
 
-    ``AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg)`` with ``R_pos`` the sum of the positives' ranks
-    among all scores; tied scores share their average rank, so a tied positive-negative pair counts 1/2.
-    NaN if there are no positives or no negatives.
+
+def binary_roc_auc(is_positive: Any, score: Any) -> float:
+    """ROC AUC of ``score`` for a boolean target (scikit-learn's ``roc_auc_score``).
+
+    The area under the ROC curve equals the Mann-Whitney statistic: the share of positive-negative pairs the
+    score orders correctly, a tied pair counting 1/2. NaN (where scikit-learn raises) if there are no
+    positives or no negatives, so a class missing from a fold leaves the means rather than stopping them.
     """
-    pos = np.asarray(is_positive, dtype=bool)
-    s = np.asarray(score, dtype=np.float64)
-    n_pos = int(pos.sum())
-    n_neg = pos.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    r_pos = avg_rank[inverse.reshape(-1)][pos].sum()
-    return float((r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    pos, s, both = _binary(is_positive, score)
+    return float(roc_auc_score(pos, s)) if both else math.nan
+
+
+def roc_points(is_positive: Any, score: Any) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates of the ROC curve from (0, 0) to (1, 1) (scikit-learn's ``roc_curve``).
+
+    One point per distinct threshold (collinear ones dropped), so tied scores make a diagonal segment. With
+    one class only, the rate of the missing class is 0 throughout (scikit-learn's would be NaN).
+    """
+    pos, s, both = _binary(is_positive, score)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # one class only: handled below
+        fpr, tpr, _ = roc_curve(pos, s)
+    if not both:
+        fpr, tpr = np.nan_to_num(fpr), np.nan_to_num(tpr)
+    return fpr, tpr
 
 
 def _confusion(y: np.ndarray, pred: np.ndarray, c: int) -> np.ndarray:
@@ -256,6 +281,36 @@ def aggregate_by_group(groups: Any, y_true: Any, prob: Any) -> tuple[np.ndarray,
     return ids, y_group, sums / counts[:, None]
 
 
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0, groups: Any = None) -> Iterator[np.ndarray]:
+    """The resamples of a bootstrap, as index arrays into ``n`` samples: the resampler pleura bootstraps with.
+
+    Without ``groups``, each resample draws ``n`` samples with replacement; with ``groups`` (one id per sample,
+    e.g. patient ids) it draws ``G`` whole groups with replacement (``G`` the number of distinct ids) and keeps
+    every sample of each drawn group, so frames of one patient are never resampled independently. One
+    ``rng.integers`` call per resample of ``numpy.random.default_rng(seed)``: the same seed, the same resamples.
+
+    Written here rather than with ``scipy.stats.bootstrap``: that resamples observations of equal weight (a
+    patient is a group of any number of frames) and returns a NaN interval as soon as one resample's statistic
+    is NaN, where :func:`bootstrap_ci` leaves such resamples out (an AUC of a resample that misses a class).
+    """
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        for _ in range(n_boot):
+            yield rng.integers(0, n, size=n)
+        return
+    ids, inverse = _group_index(groups, n)
+    order = np.argsort(inverse, kind="stable")  # samples sorted by group
+    counts = np.bincount(inverse, minlength=ids.size)
+    starts = np.cumsum(counts) - counts
+    for _ in range(n_boot):
+        draw = rng.integers(0, ids.size, size=ids.size)
+        lens = counts[draw]
+        ends = np.cumsum(lens)
+        # position k of the resample is sample (k - first k of its group's slot) + start of that group
+        pos = np.arange(ends[-1]) + np.repeat(starts[draw] - (ends - lens), lens)
+        yield order[pos]
+
+
 def bootstrap_ci(
     y_true: Any,
     prob: Any,
@@ -267,10 +322,9 @@ def bootstrap_ci(
 ) -> tuple[float, float]:
     """Percentile-bootstrap ``1 - alpha`` confidence interval of ``metric(y_true, prob)``.
 
-    Each of ``n_boot`` resamples draws ``N`` samples with replacement (``numpy.random.default_rng(seed)``);
-    with ``groups``, it draws ``G`` whole groups (clips or patients) with replacement and keeps all their
-    frames, so frames of one clip are never resampled independently. Resamples where ``metric`` is NaN (e.g.
-    a class missing from the resample for an AUC) are left out; ``(nan, nan)`` if all are.
+    The resamples are :func:`bootstrap_indices`'s: ``N`` samples with replacement, or with ``groups`` ``G``
+    whole groups (clips or patients) with replacement keeping all their frames. Resamples where ``metric`` is
+    NaN (e.g. a class missing from the resample for an AUC) are left out; ``(nan, nan)`` if all are.
 
     Args:
         y_true: ``(N,)`` integer class indices.
@@ -292,26 +346,7 @@ def bootstrap_ci(
         raise ValueError(f"n_boot should be a positive int, got {n_boot!r}")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha should lie in (0, 1), e.g. 0.05 for a 95% interval, got {alpha!r}")
-    rng = np.random.default_rng(seed)
-    n = y.shape[0]
-    stats = np.empty(n_boot)
-    if groups is None:
-        for b in range(n_boot):
-            idx = rng.integers(0, n, size=n)
-            stats[b] = metric(y[idx], p[idx])
-    else:
-        ids, inverse = _group_index(groups, n)
-        order = np.argsort(inverse, kind="stable")  # frames sorted by group
-        counts = np.bincount(inverse, minlength=ids.size)
-        starts = np.cumsum(counts) - counts
-        for b in range(n_boot):
-            draw = rng.integers(0, ids.size, size=ids.size)
-            lens = counts[draw]
-            ends = np.cumsum(lens)
-            # position k of the resample is frame (k - first k of its group's slot) + start of that group
-            pos = np.arange(ends[-1]) + np.repeat(starts[draw] - (ends - lens), lens)
-            idx = order[pos]
-            stats[b] = metric(y[idx], p[idx])
+    stats = np.array([metric(y[idx], p[idx]) for idx in bootstrap_indices(y.shape[0], n_boot, seed, groups)])
     stats = stats[~np.isnan(stats)]
     if not stats.size:
         return math.nan, math.nan
@@ -362,28 +397,15 @@ def summarise_folds(
                     columns.setdefault(f"{name}_{score}", []).append(float(pc[name][score]))
     out: dict[str, dict[str, Any]] = {}
     for key, values in columns.items():
-        v = np.asarray(values, dtype=np.float64)
-        ok = v[~np.isnan(v)]
-        out[key] = {
-            "mean": float(ok.mean()) if ok.size else math.nan,
-            "std": float(ok.std(ddof=1)) if ok.size > 1 else (0.0 if ok.size else math.nan),
-            "n": int(ok.size),
-            "values": values,
-        }
+        mean, std = mean_std(values)
+        out[key] = {"mean": mean, "std": std, "n": int(np.isfinite(values).sum()), "values": values}
     return out
 
 
 def metrics_table(summary: dict[str, dict[str, Any]], digits: int = 4) -> str:
     """Markdown table ``| metric | mean ± std |`` of a :func:`summarise_folds` result; ``n/a`` where undefined.
     A summary of one fold (an external test set) has no spread: the table gives ``| metric | value |``."""
-
-    def fmt(x: float) -> str:
-        return "n/a" if x is None or math.isnan(x) else f"{x:.{digits}f}"
-
     single = all(s.get("n", 2) <= 1 for s in summary.values())
-    rows = ["| metric | value |" if single else "| metric | mean ± std |", "| --- | --- |"]
-    for key, s in summary.items():
-        spread = "" if single else f" ± {fmt(s['std'])}"
-        cell = "n/a" if math.isnan(s["mean"]) else f"{fmt(s['mean'])}{spread}"
-        rows.append(f"| {key} | {cell} |")
-    return "\n".join(rows)
+    spec = f".{digits}f"
+    rows = [[key, fmt(s["mean"], spec, pm=None if single else s["std"])] for key, s in summary.items()]
+    return markdown_table(["metric", "value" if single else "mean ± std"], rows, padded_rule=True)

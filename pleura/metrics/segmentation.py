@@ -25,6 +25,7 @@ import torch
 from scipy import ndimage
 
 from pleura.labels import SPARSE, Schema
+from pleura.report import fmt, markdown_table
 
 __all__ = ["FalsePositiveMetrics", "SegmentationMetrics", "summarise"]
 
@@ -350,12 +351,6 @@ class FalsePositiveMetrics:
         return out
 
 
-def _fmt(x: float | None, spec: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return format(x, spec)
-
-
 def summarise(seg: dict[str, Any], fp: dict[str, dict[str, float]] | None = None) -> str:
     """Markdown table of per-class IoU, Dice, precision, recall and the false-positive columns.
 
@@ -368,29 +363,29 @@ def summarise(seg: dict[str, Any], fp: dict[str, dict[str, float]] | None = None
     head = ["class", "IoU", "Dice", "precision", "recall"]
     if fp:
         head += ["FP pixel rate", "FP comp./frame", "FP comp.", "comp. recall"]
-    rows = [head, ["---"] * len(head)]
+    rows = []
     names = list(seg["class_names"]) + [n for n in fp if n not in seg["class_names"]]
     for name in names:
         row = [name]
         if name in seg["class_names"]:
             i = seg["class_names"].index(name)
-            row += [_fmt(seg[k][i], ".4f") for k in ("iou", "dice", "precision", "recall")]
+            row += [fmt(seg[k][i], ".4f") for k in ("iou", "dice", "precision", "recall")]
         else:
             row += [""] * 4
         if fp:
             f = fp.get(name)
             row += (
                 [
-                    _fmt(f["fp_pixel_rate"], ".3g"),
-                    _fmt(f["fp_components_per_frame"], ".3f"),
-                    _fmt(f["fp_components"], ".0f"),
-                    _fmt(f["component_recall"], ".3f"),
+                    fmt(f["fp_pixel_rate"], ".3g"),
+                    fmt(f["fp_components_per_frame"], ".3f"),
+                    fmt(f["fp_components"], ".0f"),
+                    fmt(f["component_recall"], ".3f"),
                 ]
                 if f
                 else [""] * 4
             )
         rows.append(row)
-    mean = ["**mean**", _fmt(seg["mean_iou"], ".4f"), _fmt(seg["mean_dice"], ".4f"), "", ""]
+    mean = ["**mean**", fmt(seg["mean_iou"], ".4f"), fmt(seg["mean_dice"], ".4f"), "", ""]
     rows.append(mean + [""] * (len(head) - len(mean)))
-    table = "\n".join("| " + " | ".join(r) + " |" for r in rows)
-    return f"{table}\n\npixel accuracy {_fmt(seg['pixel_accuracy'], '.4f')}"
+    table = markdown_table(head, rows, padded_rule=True)
+    return f"{table}\n\npixel accuracy {fmt(seg['pixel_accuracy'], '.4f')}"

@@ -59,7 +59,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-from pleura.labels import DENSE, SPARSE, densify
+from pleura.labels import DENSE, SPARSE, Schema, SchemaName, densify
 
 __all__ = ["Biomarkers", "clip_biomarkers", "frame_biomarkers"]
 
@@ -154,7 +154,7 @@ def _fill(x: np.ndarray) -> np.ndarray:
 
 def frame_biomarkers(
     mask: np.ndarray,
-    schema: str = "dense",
+    schema: str | SchemaName | Schema = "dense",
     *,
     beam_rc: tuple[np.ndarray, np.ndarray] | None = None,
     min_area: int | None = None,
@@ -170,7 +170,7 @@ def frame_biomarkers(
 
     Args:
         mask: ``(H, W)`` integer class indices in ``schema``.
-        schema: ``"dense"`` or ``"sparse"``.
+        schema: ``"dense"`` or ``"sparse"`` (a ``Schema``, a ``SchemaName`` or its text).
         beam_rc: per-pixel ``(row, col)`` beam indices, ``-1`` outside the scan
             (``ProbeGeometry.beam_index()``); ``None`` infers scan lines from the ``outside_scan`` sector,
             or uses image columns when there is none.
@@ -195,6 +195,7 @@ def frame_biomarkers(
         raise ValueError(f"mask should be 2-D (H, W) class indices, got shape {mask.shape}; take argmax over classes")
     if not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"mask should hold integer class indices, got dtype {mask.dtype}; take argmax over classes")
+    schema = str(schema.name if isinstance(schema, Schema) else schema)
     if schema == "sparse":
         SPARSE.check(mask, "mask")
         dense = densify(mask.astype(np.uint8), "normal", beam_rc)

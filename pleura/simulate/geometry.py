@@ -15,6 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
+from pleura.labels import Probe
+
 MIN_LABEL_DEPTH_MM = 10.0  # thin structures (the pleural line) are never shallower than this
 
 
@@ -23,7 +25,7 @@ class ProbeGeometry:
     """Field of view of one probe setting and its beam grid.
 
     Args:
-        probe: ``"linear"`` or ``"curvilinear"``.
+        probe: the ``Probe`` (or its name, as ``Probe.parse`` reads it).
         size: side of the square output image in pixels.
         depth_mm: imaging depth from the skin along a scan line.
         width_mm: aperture width of a linear probe (unused for curvilinear).
@@ -32,7 +34,7 @@ class ProbeGeometry:
         axial_oversample: beam depth samples per output pixel row (RF needs more than the display).
     """
 
-    probe: str
+    probe: Probe
     size: int
     depth_mm: float
     width_mm: float = 40.0
@@ -41,14 +43,13 @@ class ProbeGeometry:
     axial_oversample: int = 2
 
     def __post_init__(self) -> None:
-        if self.probe not in ("linear", "curvilinear"):
-            raise ValueError(f"unknown probe {self.probe!r}; choose linear or curvilinear")
+        object.__setattr__(self, "probe", Probe.parse(self.probe))  # frozen; raises for an unknown probe
 
     @classmethod
     def from_row(cls, row: Mapping[str, object], size: int) -> ProbeGeometry:
         """Rebuild the geometry of a simulated frame from its manifest row (for ``densify``)."""
-        probe = str(row["probe"])
-        if probe == "linear":
+        probe = Probe.parse(str(row["probe"]))
+        if probe is Probe.LINEAR:
             return cls(probe, size, float(row["depth_mm"]), width_mm=float(row["width_mm"]))  # type: ignore[arg-type]
         return cls(
             probe,
@@ -71,7 +72,7 @@ class ProbeGeometry:
     @cached_property
     def pixel_mm(self) -> tuple[float, float]:
         """Output pixel size ``(row, col)`` in mm; square for curvilinear, field/size for linear."""
-        if self.probe == "linear":
+        if self.probe is Probe.LINEAR:
             return (self.depth_mm / self.size, self.width_mm / self.size)
         half = math.radians(self.sector_deg) / 2
         r_max = self.radius_mm + self.depth_mm
@@ -86,7 +87,7 @@ class ProbeGeometry:
         down, so a band of labels 1.5 pixels thick on any line holds a pixel centre (a circle of 1.5
         pixels always does). That keeps the pleural line visible on every line after scan conversion,
         which is what makes ``labels.densify`` exact."""
-        if self.probe == "linear":
+        if self.probe is Probe.LINEAR:
             return self.size
         arc = math.radians(self.sector_deg) * (self.radius_mm + MIN_LABEL_DEPTH_MM)
         return int(np.clip(arc / (1.5 * self.pixel_mm[1]), 16, self.size))
@@ -98,7 +99,7 @@ class ProbeGeometry:
 
     def lateral_mm(self, depth_mm: float) -> float:
         """Width of the field at ``depth_mm`` below the skin (arc length for curvilinear)."""
-        if self.probe == "linear":
+        if self.probe is Probe.LINEAR:
             return self.width_mm
         return math.radians(self.sector_deg) * (self.radius_mm + depth_mm)
 
@@ -107,7 +108,7 @@ class ProbeGeometry:
         """Fractional beam ``(row, col)`` of every output pixel, and the inside-scan mask."""
         s = self.size
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
-        if self.probe == "linear":
+        if self.probe is Probe.LINEAR:
             rows = yy * self.axial_oversample - 0.5
             cols = xx * (self.n_lines / s) - 0.5
             inside = np.ones((s, s), dtype=bool)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pleura.labels import DIAGNOSES, PROBES
+from pleura.labels import DIAGNOSES, Probe
 from pleura.simulate.geometry import ProbeGeometry
 
 # Probabilities and ranges per diagnosis. ``(lo, hi)`` are uniform ranges; ``p_*`` probabilities.
@@ -71,9 +71,14 @@ PRIORS: dict[str, dict[str, object]] = {
 }
 
 # Probe settings (LUS-REFERENCE: convex 3.5-5 MHz, 6-16 cm deep; linear 7.5-12 MHz, about 4-6 cm).
-PROBE_SETTINGS: dict[str, dict[str, tuple[float, float]]] = {
-    "linear": {"freq_mhz": (7.5, 11.0), "depth_mm": (40.0, 60.0), "width_mm": (38.0, 50.0), "pleura_mm": (9.0, 20.0)},
-    "curvilinear": {
+PROBE_SETTINGS: dict[Probe, dict[str, tuple[float, float]]] = {
+    Probe.LINEAR: {
+        "freq_mhz": (7.5, 11.0),
+        "depth_mm": (40.0, 60.0),
+        "width_mm": (38.0, 50.0),
+        "pleura_mm": (9.0, 20.0),
+    },
+    Probe.CURVILINEAR: {
         "freq_mhz": (3.5, 5.0),
         "depth_mm": (100.0, 160.0),
         "radius_mm": (40.0, 62.0),
@@ -88,7 +93,7 @@ class Scene:
     """Everything that stays fixed over one clip. Lateral positions in mm along the pleural line."""
 
     diagnosis: str
-    probe: str
+    probe: Probe
     geometry: ProbeGeometry
     fps: float
     freq_mhz: float
@@ -133,9 +138,9 @@ class Scene:
             "depth_mm": round(g.depth_mm, 2),
             "pixel_mm": round(g.pixel_mm[0], 4),
             "pixel_mm_x": round(g.pixel_mm[1], 4),
-            "radius_mm": round(g.radius_mm, 2) if g.probe == "curvilinear" else "",
-            "sector_deg": round(g.sector_deg, 2) if g.probe == "curvilinear" else "",
-            "width_mm": round(g.width_mm, 2) if g.probe == "linear" else "",
+            "radius_mm": round(g.radius_mm, 2) if g.probe is Probe.CURVILINEAR else "",
+            "sector_deg": round(g.sector_deg, 2) if g.probe is Probe.CURVILINEAR else "",
+            "width_mm": round(g.width_mm, 2) if g.probe is Probe.LINEAR else "",
             "freq_mhz": round(self.freq_mhz, 2),
             "fps": round(self.fps, 2),
             "pleural_depth_mm": round(self.pleural_depth_mm, 3),
@@ -172,13 +177,13 @@ def _place(rng: np.random.Generator, n: int, free: list[tuple[float, float]], wi
     return sorted(out)
 
 
-def _ribs(rng: np.random.Generator, lateral: float, probe: str) -> list[tuple[float, float]]:
+def _ribs(rng: np.random.Generator, lateral: float, probe: Probe) -> list[tuple[float, float]]:
     """Alternating rib / intercostal pattern (about 2 cm each; Lichtenstein), or none (intercostal view)."""
-    if probe == "linear" and rng.random() < 0.25:
+    if probe is Probe.LINEAR and rng.random() < 0.25:
         return []  # transverse, intercostal view: no rib in the field
     rib_w = rng.uniform(10.0, 18.0)
-    gap = rng.uniform(16.0, 24.0) if probe == "curvilinear" else rng.uniform(0.55, 0.8) * lateral
-    start = -rng.uniform(0.2, 0.8) * rib_w if probe == "linear" else -rng.uniform(0.0, rib_w + gap)
+    gap = rng.uniform(16.0, 24.0) if probe is Probe.CURVILINEAR else rng.uniform(0.55, 0.8) * lateral
+    start = -rng.uniform(0.2, 0.8) * rib_w if probe is Probe.LINEAR else -rng.uniform(0.0, rib_w + gap)
     ribs = []
     x = start
     while x < lateral:
@@ -201,23 +206,22 @@ def free_intervals(lateral: float, taken: list[tuple[float, float]]) -> list[tup
     return out
 
 
-def sample_scene(rng: np.random.Generator, diagnosis: str, probe: str, size: int) -> Scene:
-    """Draw one clip's scene from the diagnosis- and probe-conditioned priors."""
+def sample_scene(rng: np.random.Generator, diagnosis: str, probe: Probe | str, size: int) -> Scene:
+    """Draw one clip's scene from the diagnosis- and probe-conditioned priors (``probe``: see ``Probe.parse``)."""
     if diagnosis not in DIAGNOSES:
         raise ValueError(f"unknown diagnosis {diagnosis!r}; choose from {', '.join(DIAGNOSES)}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBES)}")
+    probe = Probe.parse(probe)
     pri = PRIORS[diagnosis]
     ps = PROBE_SETTINGS[probe]
     # Geometry is rounded to 0.01 so that the manifest's values rebuild it exactly (for densify).
     depth = round(_u(rng, ps["depth_mm"]), 2)
-    if probe == "linear":
-        geom = ProbeGeometry("linear", size, depth, width_mm=round(_u(rng, ps["width_mm"]), 2))
+    if probe is Probe.LINEAR:
+        geom = ProbeGeometry(probe, size, depth, width_mm=round(_u(rng, ps["width_mm"]), 2))
     else:
         radius, sector = round(_u(rng, ps["radius_mm"]), 2), round(_u(rng, ps["sector_deg"]), 2)
-        geom = ProbeGeometry("curvilinear", size, depth, radius_mm=radius, sector_deg=sector)
+        geom = ProbeGeometry(probe, size, depth, radius_mm=radius, sector_deg=sector)
     pleura = _u(rng, ps["pleura_mm"])
-    if probe == "linear":
+    if probe is Probe.LINEAR:
         pleura = min(pleura, depth / 2.6)  # keep at least one A-line repeat in the field
     lateral = geom.lateral_mm(pleura)
     ribs = _ribs(rng, lateral, probe)
@@ -238,17 +242,17 @@ def sample_scene(rng: np.random.Generator, diagnosis: str, probe: str, size: int
     def span(fraction: tuple[float, float]) -> tuple[float, float]:
         """A stretch of pleura centred in an intercostal space; it may run under ribs (they shadow it)."""
         a, b = big_free[int(rng.integers(len(big_free)))]
-        w = rng.uniform(*fraction) * (lateral if probe == "curvilinear" else b - a)
+        w = rng.uniform(*fraction) * (lateral if probe is Probe.CURVILINEAR else b - a)
         c = rng.uniform(a + 0.3 * (b - a), b - 0.3 * (b - a))
         return max(0.0, c - w / 2), min(lateral, c + w / 2)
 
     if big_free and rng.random() < pri["p_lobar"]:
-        s, e = span((0.35, 0.8) if probe == "curvilinear" else (0.6, 1.0))
+        s, e = span((0.35, 0.8) if probe is Probe.CURVILINEAR else (0.6, 1.0))
         # 6.3 +/- 3.4 cm consolidations (BMC Med Imaging 2017), cut by the field of view
         lobar = (s, e, float(np.clip(rng.normal(45.0, 20.0), 15.0, 90.0)))
         claimed.append((s, e))
     if big_free and rng.random() < pri["p_effusion"]:
-        s, e = span((0.4, 0.8) if probe == "curvilinear" else (0.7, 1.0))
+        s, e = span((0.4, 0.8) if probe is Probe.CURVILINEAR else (0.7, 1.0))
         effusion = (s, e, rng.uniform(6.0, 0.3 * (depth - pleura)))
         claimed.append((s, e))
     if rng.random() < pri["p_subpleural"]:

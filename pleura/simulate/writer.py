@@ -7,6 +7,7 @@ only once complete: an interrupted or failed run leaves nothing half-written beh
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -19,14 +20,14 @@ from PIL import Image
 
 from pleura import __version__
 from pleura.atomic import staged_folder
-from pleura.labels import DIAGNOSES, PROBES, SCHEMAS, convert
+from pleura.labels import DIAGNOSES, PROBES, SCHEMA_ORDER, SCHEMAS, Probe, convert
 from pleura.parallel import parallel_map
 from pleura.simulate.render import ClipRenderer, Frame
 from pleura.simulate.scene import Scene, sample_scene
 from pleura.simulate.style import STYLES, apply_style
 
-PROBE_CHOICES = (*PROBES, "mixed")
-MASK_SCHEMAS = ("anatomy", "dense", "sparse")
+MIXED = "mixed"  # not a probe: clips alternate between the probes
+PROBE_CHOICES = (*PROBES, MIXED)
 MANIFEST_COLUMNS = [
     "id", "image", "mask_anatomy", "mask_dense", "mask_sparse", "diagnosis", "probe", "clip_id",
     "patient_id", "frame", "seed", "clip_index", "depth_mm", "pixel_mm", "pixel_mm_x", "radius_mm",
@@ -47,11 +48,16 @@ class SimulationConfig:
     n: int = 60  # clips; the dataset has n * frames images
     seed: int = 0  # clip i is drawn from SeedSequence([seed, i]): same seed, same bytes
     size: int = 256  # square image side in pixels
-    probe: str = "mixed"  # linear, curvilinear, or mixed (alternating per clip)
+    probe: Probe | str = MIXED  # linear, curvilinear (or its alias convex), or mixed (alternating per clip)
     classes: tuple[str, ...] = DIAGNOSES
     frames: int = 1  # frames per clip; > 1 gives lung sliding and speckle decorrelation
     workers: int = 0  # processes; 0 means all cores
     style: str = "physics"  # output style (``pleura.simulate.style.STYLES``): physics, or pocus to look like POCUS
+
+    def __post_init__(self) -> None:
+        if self.probe != MIXED:  # a probe named by an alias or in another case becomes the Probe
+            with contextlib.suppress(ValueError):  # an unknown one stays as it is: validate() says so
+                object.__setattr__(self, "probe", Probe.parse(self.probe))
 
     def validate(self) -> None:
         """Raise ``SimulationError`` for settings the simulator cannot honour."""
@@ -64,7 +70,7 @@ class SimulationConfig:
         if self.frames < 1:
             raise SimulationError(f"--frames must be at least 1, got {self.frames}")
         if self.probe not in PROBE_CHOICES:
-            raise SimulationError(f"unknown probe {self.probe!r}; choose one of: {', '.join(PROBE_CHOICES)}")
+            raise SimulationError(f"unknown probe {str(self.probe)!r}; choose one of: {', '.join(PROBE_CHOICES)}")
         bad = [c for c in self.classes if c not in DIAGNOSES]
         if bad or not self.classes:
             raise SimulationError(
@@ -77,15 +83,15 @@ class SimulationConfig:
         if self.workers < 0:
             raise SimulationError(f"--workers must be 0 (all cores) or more, got {self.workers}")
 
-    def clip_setting(self, index: int) -> tuple[str, str]:
+    def clip_setting(self, index: int) -> tuple[str, Probe]:
         """Diagnosis and probe of clip ``index``: balanced over classes, and over probes when mixed."""
         diagnosis = self.classes[index % len(self.classes)]
-        probe = self.probe if self.probe != "mixed" else PROBES[(index // len(self.classes)) % len(PROBES)]
+        probe = Probe.parse(self.probe) if self.probe != MIXED else PROBES[(index // len(self.classes)) % len(PROBES)]
         return diagnosis, probe
 
 
 def simulate_clip(
-    seed: int, index: int, diagnosis: str, probe: str, size: int = 256, frames: int = 1
+    seed: int, index: int, diagnosis: str, probe: Probe | str, size: int = 256, frames: int = 1
 ) -> tuple[Scene, Iterator[Frame]]:
     """Scene and lazily rendered frames of clip ``index`` of a dataset with ``seed``."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
@@ -115,7 +121,7 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
         fid = f"{clip_id}_{t:03d}"
         row: dict[str, object] = {"id": fid, "image": f"images/{fid}.png"}
         _save_png(apply_style(frame.image, cfg.style), root / "images" / f"{fid}.png")
-        for name in MASK_SCHEMAS:
+        for name in SCHEMA_ORDER:
             rel = f"masks/{name}/{fid}.png"
             _save_png(convert(frame.anatomy, "anatomy", name), root / rel, SCHEMAS[name].palette())
             row[f"mask_{name}"] = rel
@@ -145,7 +151,7 @@ def write_dataset(
     """
     cfg.validate()
     out = Path(out)
-    subdirs = ["images", *(f"masks/{s}" for s in MASK_SCHEMAS)]
+    subdirs = ["images", *(f"masks/{s}" for s in SCHEMA_ORDER)]
     with staged_folder(out, overwrite, subdirs, error=SimulationError) as tmp:
         workers = cfg.workers or os.cpu_count() or 1
         tasks = [(cfg, i, str(tmp)) for i in range(cfg.n)]
@@ -160,7 +166,7 @@ def write_dataset(
             "pleura_version": __version__,
             "source": "simulated",
             "config": asdict(cfg),
-            "schemas": {name: list(SCHEMAS[name].names) for name in MASK_SCHEMAS},
+            "schemas": {name: list(SCHEMAS[name].names) for name in SCHEMA_ORDER},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         if gallery:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pleura.atomic import write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
-from pleura.labels import DIAGNOSES, get_schema
+from pleura.labels import DENSE, DIAGNOSES, get_schema, recorded_schema
 from pleura.metrics.classification import classification_metrics
 from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
 from pleura.postprocess.biomarkers import frame_biomarkers
@@ -35,6 +35,7 @@ from pleura.train.losses import class_weights, segmentation_loss
 from pleura.train.seg import scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
+SCRATCH_SCHEMA = DENSE  # the schema a U-Net trained from scratch predicts (its classes size the head)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class ClsTrainConfig(LoopConfig):
     group: str = "patient_id"  # column that groups frames for validation splits and folds
     width: int = 16  # U-Net width when training from scratch (pretrained runs bring their own)
     depth: int = 4  # U-Net depth when training from scratch
+    epochs: int = 20  # maximum epochs per fold (train-cls's default; the loop's is 30)
     lr: float = 1e-3  # peak learning rate of the head
     aux_seg_weight: float = 0.0  # weight of an auxiliary segmentation loss (needs masks; keeps maps meaningful)
 
@@ -113,7 +115,8 @@ class ClsTrainer(Trainer):
             check_init_run(self.init_run, self.kind_, self.size)
         train_rows, val_rows = split_by_group(self.rows, cfg.val_fraction, seed=cfg.seed, group=cfg.group)
         # the auxiliary segmentation learns the schema the U-Net predicts (dense for scratch)
-        self.seg_schema = (self.kind_ if self.kind_ != "scratch" else "dense") if cfg.aux_seg_weight > 0 else None
+        seg_schema = self.kind_ if self.kind_ != "scratch" else SCRATCH_SCHEMA.name
+        self.seg_schema = seg_schema if cfg.aux_seg_weight > 0 else None
         if self.seg_schema is not None and cfg.tap == "bottleneck":
             raise TrainError("--aux-seg-weight needs a tap that runs the decoder; the bottleneck tap does not")
         aug = default_augmentation(self.seg_schema) if cfg.augment else None
@@ -135,7 +138,8 @@ class ClsTrainer(Trainer):
         if self.init_run is not None:
             path = self.init_run / "best" / "model.safetensors"
             return ReverseTransferClassifier.from_segmentation_checkpoint(path, tap=cfg.tap, num_classes=len(DIAGNOSES))
-        unet = UNet(UNetConfig(num_classes=8, width=cfg.width, depth=cfg.depth, schema="dense"))
+        s = SCRATCH_SCHEMA
+        unet = UNet(UNetConfig(num_classes=s.num_classes, width=cfg.width, depth=cfg.depth, schema=s.name))
         return ReverseTransferClassifier(unet, tap=cfg.tap, num_classes=len(DIAGNOSES))
 
     def ddp_kwargs(self) -> dict[str, Any]:
@@ -237,7 +241,7 @@ def predict_rows(
     from pleura.infer.batch import predict_dataset
     from pleura.infer.engine import TorchEngine
 
-    schema = model.unet.config.schema or "dense"
+    schema = recorded_schema(model.unet.config.schema, type(model).__name__)
     engine = TorchEngine(model, image_size=image_size(data, rows)[0], optimize=False)
     out = []
     for batch, pred in predict_dataset(engine, data, rows, batch_size=batch_size):

@@ -1,12 +1,12 @@
 """The epoch loop every pleura trainer shares: one code path for 1 process or torchrun.
 
-A task (segmentation, classification) subclasses ``Trainer`` and fills in a few hooks: its datasets,
-its model, one optimizer step, and validation. The loop owns the rest: the run folder, AdamW with
-warm-up and cosine decay, DistributedDataParallel, BatchNorm statistics kept equal over ranks, early
-stopping on the task's validation score, ``metrics.jsonl`` (one line per epoch, rank 0 only), ``best/`` and
-``last/`` checkpoints that survive a kill at any point (``pleura.train.checkpoint``; ``last/`` carries the
-metrics log too), exact ``resume`` (every random choice derives from ``(seed, epoch, index)``), and
-``summary.json`` with a digest of every rank's weights.
+A task (segmentation, classification) subclasses ``Trainer`` and fills in a few hooks: its datasets, its
+model, one optimizer step, and validation. The loop owns the rest: the run folder, AdamW with warm-up and
+cosine decay (``torch.optim.lr_scheduler.LambdaLR``), DistributedDataParallel, BatchNorm statistics kept equal
+over ranks, early stopping on the task's validation score, ``metrics.jsonl`` (one line per epoch, rank 0
+only), ``best/`` and ``last/`` checkpoints that survive a kill at any point (``pleura.train.checkpoint``;
+``last/`` carries the metrics log too), exact ``resume`` (every random choice derives from ``(seed, epoch,
+index)``), and ``summary.json`` with a digest of every rank's weights.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from pleura import __version__
@@ -56,6 +58,15 @@ class LoopConfig:
     def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` of ``total``: linear warm-up over ``warmup`` steps
+    (``(step + 1) / warmup``), then cosine decay to zero at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 class Progress(Protocol):
@@ -146,11 +157,16 @@ class Trainer:
         self.scaler.update()
 
     def lr_factor(self, step: int, total: int, warmup: int) -> float:
-        """Learning-rate multiplier at optimizer step ``step``: linear warm-up, then cosine to zero."""
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        """Learning-rate multiplier at optimizer step ``step`` (:func:`warmup_cosine`)."""
+        return warmup_cosine(step, total, warmup)
+
+    def make_scheduler(self, total: int, warmup: int, step: int) -> LambdaLR:
+        """The learning-rate schedule: ``LambdaLR`` of :meth:`lr_factor` over the optimizer's groups, positioned
+        at optimizer step ``step`` (0 for a new run; a resumed run's count), so it is recomputed from the step
+        a checkpoint records rather than stored. Each group's base rate is its rate from ``make_optimizer``."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["initial_lr"] = base  # LambdaLR's base rate, whatever rate a resumed optimizer state last held
+        return LambdaLR(self.optimizer, lambda s: self.lr_factor(s, total, warmup), last_epoch=step - 1)
 
     def _loaders(self, train: Dataset, val: Dataset) -> tuple[DataLoader, DataLoader, Sampler]:
         env, bs = self.env, self.cfg.batch_size
@@ -270,6 +286,7 @@ class Trainer:
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * cfg.epochs
         warmup = round(cfg.warmup_epochs * steps_per_epoch)
+        self.scheduler = self.make_scheduler(total_steps, warmup, state["step"])
         start_time = time.perf_counter()
         record: dict[str, Any] = {}
         for epoch in range(state["epoch"], cfg.epochs):
@@ -282,11 +299,15 @@ class Trainer:
             self.model.train()
             self.progress.start(f"epoch {epoch + 1}/{cfg.epochs}", steps_per_epoch)
             t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+            lr = self.optimizer.param_groups[0]["lr"]
             for batch in train_loader:
-                factor = self.lr_factor(state["step"], total_steps, warmup)
-                for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-                    group["lr"] = base * factor
+                lr = self.optimizer.param_groups[0]["lr"]  # this step's, set by the scheduler
                 loss = self.train_step(batch)
+                with warnings.catch_warnings():
+                    # the grad scaler skips the optimizer step of a batch whose gradients overflowed (often the
+                    # first under AMP); the schedule still counts the step, as it always has
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)`", UserWarning)
+                    self.scheduler.step()  # the next step's rate
                 state["step"] += 1
                 seen += len(batch["image"]) * env.world_size
                 loss_sum += loss
@@ -305,7 +326,7 @@ class Trainer:
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(steps_per_epoch, 1),
                 **{f"val_{k}": v for k, v in val.items()},
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": lr,  # the rate of the epoch's last step
                 "images_per_s": seen / train_seconds,
                 "epoch_seconds": time.perf_counter() - t0,
                 "best": improved,

@@ -20,6 +20,7 @@ from pleura.data.cleaning import (
     fit_to_size,
     remove_overlays,
 )
+from pleura.labels import Probe
 from pleura.simulate import ProbeGeometry, simulate_clip
 
 SIM = 256  # side of the simulated frames
@@ -78,7 +79,7 @@ def clip(request: pytest.FixtureRequest) -> dict[str, object]:
     truth[TOP : TOP + SIM, LEFT : LEFT + SIM] = scene.geometry.inside
     screen = _screen(images)
     assert (truth[screen["arrow"]]).all() and (truth[screen["caliper"]]).all()  # overlays on the scan
-    return {"probe": "convex" if probe == "curvilinear" else "linear", "images": images, "truth": truth, **screen}
+    return {"probe": Probe(probe), "images": images, "truth": truth, **screen}
 
 
 def _above_top_arc(truth: np.ndarray) -> np.ndarray:
@@ -116,14 +117,14 @@ def test_single_image_scan_area(clip: dict) -> None:
 
 def test_detect_probe_on_exact_shapes() -> None:
     sector = ProbeGeometry("curvilinear", 200, 120.0, radius_mm=50.0, sector_deg=60.0).inside
-    assert detect_probe(sector) == "convex"
+    assert detect_probe(sector) is Probe.CURVILINEAR  # a convex probe's sector
     rect = np.zeros((200, 300), dtype=bool)
     rect[20:180, 40:260] = True
-    assert detect_probe(rect) == "linear"
+    assert detect_probe(rect) is Probe.LINEAR
     cropped = sector[40:, 30:170]  # a sector cropped inside: straight sides, cut top corners, bottom arc
-    assert detect_probe(cropped) == "convex"
-    assert detect_probe(sector[50:, 50:150]) == "convex"  # cropped to a rectangle but for the bottom arc
-    assert detect_probe(np.zeros((10, 10), dtype=bool)) == "linear"
+    assert detect_probe(cropped) is Probe.CURVILINEAR
+    assert detect_probe(sector[50:, 50:150]) is Probe.CURVILINEAR  # cropped to a rectangle but for the bottom arc
+    assert detect_probe(np.zeros((10, 10), dtype=bool)) is Probe.LINEAR
 
 
 def test_remove_overlays(clip: dict) -> None:
@@ -176,7 +177,7 @@ def test_fit_to_size_tall_area_is_centred() -> None:
 def test_blank_frames_fall_back_to_full_frame(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="pleura.data.cleaning"):
         area = find_scan_area(np.zeros((3, 50, 60), dtype=np.uint8))
-    assert area.mask.all() and area.bbox == (0, 50, 0, 60) and area.probe == "linear"
+    assert area.mask.all() and area.bbox == (0, 50, 0, 60) and area.probe is Probe.LINEAR
     assert "full frame" in caplog.text
     images, _ = clean_clip(np.zeros((2, 50, 60), dtype=np.uint8), 32)
     assert images.shape == (2, 32, 32) and not images.any()
@@ -195,7 +196,7 @@ def test_clean_clip_is_fast() -> None:
     start = time.perf_counter()
     images, area = clean_clip(frames, 256, rgb)
     elapsed = time.perf_counter() - start
-    assert images.shape == (60, 256, 256) and area.probe == "convex"
+    assert images.shape == (60, 256, 256) and area.probe is Probe.CURVILINEAR
     assert elapsed < 2.0  # ~0.3 s on an idle core; generous for a shared CI machine
 
 
@@ -225,5 +226,5 @@ def test_real_clips_probe_and_coverage() -> None:
         assert row["type"] == "video" and row["probe"] == probe
         frames = _read_video(POCUS / name, int(row["n_frames"] or 8))
         area = find_scan_area(frames)
-        assert area.probe == row["probe"], name
+        assert area.probe is Probe.parse(row["probe"]), name  # the manifest says convex for curvilinear
         assert 0.15 < area.mask.mean() < 0.95, name

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from pleura.data import REQUIRED_COLUMNS, ManifestError, read_manifest
+from pleura.labels import Probe
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -78,3 +79,18 @@ def test_empty_required_cell(tmp_path):
     _write(tmp_path, "id,image,diagnosis,clip_id\na,a.png,covid,\n")
     with pytest.raises(ManifestError, match="line 2 has empty clip_id"):
         read_manifest(tmp_path)
+
+
+def test_probe_is_read_as_a_probe(tmp_path):
+    _write(
+        tmp_path,
+        "id,image,diagnosis,clip_id,probe\na,a.png,covid,c1,Convex\nb,b.png,covid,c2,linear\nc,c.png,covid,c3,\n",
+    )
+    assert [r["probe"] for r in read_manifest(tmp_path)] == [Probe.CURVILINEAR, Probe.LINEAR, ""]
+    path = _write(tmp_path, "id,image,diagnosis,clip_id,probe\na,a.png,covid,c1,linear\nb,b.png,covid,c2,phased\n")
+    with pytest.raises(ManifestError) as err:
+        read_manifest(tmp_path)
+    assert str(err.value) == (
+        f"{path}: line 3: unknown probe 'phased'; choose one of: linear, curvilinear (convex is read as curvilinear), "
+        "or leave the cell empty"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 
 from pleura.data import read_manifest, split_by_group
 from pleura.data.pocus import PocusError, PocusImportConfig, import_pocus, sample_evenly
+from pleura.labels import Probe
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pocus"
 
@@ -64,6 +66,27 @@ def test_import_refuses_bad_folders_and_keeps_old_output(fake_pocus: Path, tmp_p
         import_pocus(fake_pocus, tmp_path / "y", PocusImportConfig(max_per_clip=0))
 
 
+def test_import_reads_the_upstream_probe_as_a_probe(fake_pocus: Path, tmp_path: Path) -> None:
+    """``convex`` (any case) is written as curvilinear; a probe pleura does not know fails that file, naming it."""
+    src = tmp_path / "src"
+    (src / "covid").mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        shutil.copy(fake_pocus / "covid" / "covid_image.png", src / "covid" / name)
+    (src / "manifest.csv").write_text(
+        "file,cls,type,probe,patient_id\n"
+        "covid/a.png,covid,image,Convex,p1\ncovid/b.png,covid,image,phased,p2\ncovid/c.png,covid,image,,p3\n"
+    )
+    report = import_pocus(src, tmp_path / "ds", PocusImportConfig(size=64, workers=1))
+    assert report.failed == [
+        ("covid/b.png", f"{src / 'covid/b.png'}: unknown probe 'phased'; choose one of: linear, curvilinear "
+                        "(convex is read as curvilinear)")
+    ]  # fmt: skip
+    text = (tmp_path / "ds" / "manifest.csv").read_text().splitlines()
+    probes = [line.split(",")[5] for line in text[1:]]  # the probe column, as written
+    assert probes == ["curvilinear", ""]  # a blank stays blank
+    assert [r["probe_detected"] for r in read_manifest(tmp_path / "ds")] == [Probe.CURVILINEAR] * 2
+
+
 def test_sample_evenly_keeps_ends() -> None:
     assert sample_evenly(list(range(10)), 3) == [0, 4, 9]
     assert sample_evenly([1, 2], 5) == [1, 2]
@@ -83,4 +106,4 @@ def test_import_real_pocus_subset(tmp_path: Path) -> None:
     truth = {r["file"]: r["probe"] for r in src}
     for r in rows:
         assert np.asarray(Image.open(tmp_path / "ds" / r["image"])).shape == (128, 128)
-        assert {"convex": "curvilinear", "linear": "linear"}[truth[r["file"]]] == r["probe"]
+        assert Probe.parse(truth[r["file"]]) is r["probe"]  # upstream convex is curvilinear

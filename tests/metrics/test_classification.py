@@ -13,8 +13,10 @@ from pleura.metrics.classification import (
     balanced_accuracy,
     binary_roc_auc,
     bootstrap_ci,
+    bootstrap_indices,
     classification_metrics,
     metrics_table,
+    roc_points,
     summarise_folds,
 )
 
@@ -84,6 +86,24 @@ def test_binary_auc_by_hand():
     assert binary_roc_auc([0, 1], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts half
     assert binary_roc_auc([0, 0, 1], [0.2, 0.9, 0.9]) == pytest.approx(0.75)
     assert math.isnan(binary_roc_auc([1, 1], [0.2, 0.3]))
+    assert math.isnan(binary_roc_auc([0, 0], [0.2, 0.3]))  # scikit-learn would raise: pleura says NaN
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        binary_roc_auc([0, 1], [0.2, math.nan])
+
+
+def test_roc_points_by_hand():
+    # scores .8 (pos) .4 (neg) .35 (pos) .1 (neg): thresholds step through them from the top
+    fpr, tpr = roc_points(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    assert fpr.tolist() == [0, 0, 0.5, 0.5, 1] and tpr.tolist() == [0, 0.5, 0.5, 1, 1]
+    # a tied positive-negative pair is one diagonal step; the area under the points is the AUC
+    fpr, tpr = roc_points([0, 1, 0], [0.5, 0.5, 0.1])
+    assert fpr.tolist() == [0, 0.5, 1] and tpr.tolist() == [0, 1, 1]
+    y, p = _random(300, 4)
+    fpr, tpr = roc_points(y == 1, p[:, 1])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(binary_roc_auc(y == 1, p[:, 1]))
+    # one class only: the missing rate is 0 throughout (scikit-learn gives NaN)
+    fpr, tpr = roc_points([1, 1, 1], [0.2, 0.5, 0.9])
+    assert not fpr.any() and tpr[0] == 0 and tpr[-1] == 1 and not np.isnan(tpr).any()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -262,6 +282,32 @@ def test_bootstrap_groups_of_unequal_size_keep_all_their_frames():
     # every resample is 3 whole groups; its size is a sum of 3 group sizes
     possible = {a + b + c for a in sizes.values() for b in sizes.values() for c in sizes.values()}
     assert set(seen) <= possible and len(set(seen)) > 1
+
+
+def test_bootstrap_gives_the_intervals_it_always_gave():
+    """Pinned from the hand-written resampling before bootstrap_indices: same RNG calls, same intervals."""
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 3, 45)
+    w = rng.integers(1, 4, (45, 3)).astype(float)
+    w[np.arange(45), y] += 2
+    p = w / w.sum(1, keepdims=True)
+    groups = np.array([f"pt{i % 13:02d}" for i in range(45)])
+    assert bootstrap_ci(y, p, accuracy, n_boot=300, seed=4) == (0.8, 0.9777777777777777)
+    got = bootstrap_ci(y, p, balanced_accuracy, n_boot=300, seed=4, groups=groups)
+    assert got == (0.8160402097902099, 0.977526395173454)
+
+
+def test_bootstrap_indices_resample_samples_or_whole_groups():
+    plain = list(bootstrap_indices(7, 5, seed=2))
+    assert len(plain) == 5 and all(i.shape == (7,) and i.min() >= 0 and i.max() < 7 for i in plain)
+    # every sample its own group (sample i is group 6 - i): the same draws as the plain bootstrap
+    solo = list(bootstrap_indices(7, 5, seed=2, groups=np.arange(7)[::-1]))
+    assert all(np.array_equal(a, 6 - b) for a, b in zip(plain, solo, strict=True))
+    groups = np.array(["b", "a", "b", "c", "b"])
+    for idx in bootstrap_indices(5, 20, seed=0, groups=groups):
+        drawn = groups[idx]
+        for g in set(drawn.tolist()):  # a drawn group comes with all its samples, once per draw
+            assert (drawn == g).sum() % (groups == g).sum() == 0
 
 
 def test_bootstrap_skips_nan_resamples():

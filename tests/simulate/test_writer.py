@@ -120,3 +120,15 @@ def test_config_validation_is_usable_from_python():
     with pytest.raises(SimulationError, match="choose from: covid, pneumonia, normal"):
         SimulationConfig(classes=("measles",)).validate()
     assert SimulationConfig(classes=("normal", "covid"), probe="mixed").clip_setting(3) == ("covid", "curvilinear")
+
+
+def test_probe_setting_is_a_probe():
+    """A probe named by real data's alias or in another case is the Probe; the dataset records its value."""
+    from pleura.labels import Probe
+
+    cfg = SimulationConfig(probe="Convex")
+    cfg.validate()
+    assert cfg.probe is Probe.CURVILINEAR and cfg.clip_setting(0) == ("covid", Probe.CURVILINEAR)
+    assert SimulationConfig(probe="mixed").clip_setting(3)[1] is Probe.CURVILINEAR
+    with pytest.raises(SimulationError, match=r"unknown probe 'phased'; choose one of: linear, curvilinear, mixed"):
+        SimulationConfig(probe="phased").validate()
