@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -21,8 +19,7 @@ import time
 from pathlib import Path
 
 from bench_simulate import run_sampled
-
-from pleura.atomic import write_json
+from common import machine, save
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = """
@@ -59,7 +56,7 @@ def main() -> None:
     disk = sum(p.stat().st_size for p in (work / "ds").rglob("*") if p.is_file()) / 2**20
     shutil.rmtree(work, ignore_errors=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "size": args.size,
         **{k: row[k] for k in ("files", "failed", "frames")},
@@ -68,12 +65,10 @@ def main() -> None:
         "peak_pss_mb": round(peak),
         "disk_mb": round(disk, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # atomic: a temporary file, then renamed
-    print("| files (failed) | frames written | seconds | peak memory (MB, PSS of all processes) | disk (MB) |")
-    print("|---|---|---|---|---|")
-    print(f"| {result['files']} ({result['failed']}) | {result['frames']} | {result['seconds']} | "
-          f"{result['peak_pss_mb']} | {result['disk_mb']} |")  # fmt: skip
+    header = ("files (failed)", "frames written", "seconds", "peak memory (MB, PSS of all processes)", "disk (MB)")
+    r = result
+    save(args.out, result, header, [(f"{r['files']} ({r['failed']})", r["frames"], r["seconds"], r["peak_pss_mb"],
+                                     r["disk_mb"])])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,8 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import machine, save
 
-from pleura.atomic import write_json
 from pleura.data.synthetic import write_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +124,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "video": f"{width}x{height} mpeg4, one polygon per frame, CVAT task backup",
         "size": 256,
@@ -133,12 +132,9 @@ def main() -> None:
         "target": "1,000 frames in under 120 s on 2 cores; peak memory flat in the number of frames",
         "peak_growth_mb": cases[-1]["peak_rss_mb"] - cases[0]["peak_rss_mb"],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)
-    print("| frames | seconds (with start-up) | frames/s | peak RSS (MB) | disk (MB) |")
-    print("|---|---|---|---|---|")
-    for c in cases:
-        print(f"| {c['frames']} | {c['seconds']} | {c['frames_per_s']} | {c['peak_rss_mb']} | {c['disk_mb']} |")
+    header = ("frames", "seconds (with start-up)", "frames/s", "peak RSS (MB)", "disk (MB)")
+    keys = ("frames", "seconds", "frames_per_s", "peak_rss_mb", "disk_mb")
+    save(args.out, result, header, [[c[k] for k in keys] for c in cases])
 
 
 if __name__ == "__main__":

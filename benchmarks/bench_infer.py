@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -53,6 +52,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from common import machine  # noqa: E402
 
 from pleura.atomic import write_json  # noqa: E402
 from pleura.infer import OnnxEngine, TorchEngine, onnx_bytes  # noqa: E402
@@ -286,7 +287,7 @@ def main() -> None:
     t0, load_before = time.perf_counter(), os.getloadavg()[0]
     measured = run(args)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "threads": args.threads,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import struct
 import subprocess
 import sys
@@ -35,9 +34,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from common import machine, save
 from PIL import Image
 
-from pleura.atomic import write_json
 from pleura.data.synthetic import write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,19 +144,15 @@ def main() -> None:
             })  # fmt: skip
             print(f"{what}: exit {code}, peak {peak:.0f} MB, {seconds:.1f} s {error}", flush=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "command": "pleura predict FILE --out NEW --no-video, one process per input",
         "limit_mb": LIMIT_MB,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # atomic: a temporary file, then renamed
-    print("\n| input | file MB | exit | first error line | peak RSS MB | s |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['input']} | {r['size_mb']} | {r['exit_code']} | {r['error'] or '-'} | {r['peak_rss_mb']} | "
-              f"{r['seconds']} |")  # fmt: skip
+    header = ("input", "file MB", "exit", "first error line", "peak RSS MB", "s")
+    save(args.out, result, header, [(r["input"], r["size_mb"], r["exit_code"], r["error"] or "-", r["peak_rss_mb"],
+                                     r["seconds"]) for r in rows])  # fmt: skip
     over = [r["input"] for r in rows if r["peak_rss_mb"] >= LIMIT_MB]
     if args.check and over:
         sys.exit(f"bench_memory: peak memory of {LIMIT_MB} MB or more on: {', '.join(over)}")

@@ -34,8 +34,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -53,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "tests" / "postprocess"))  # the corpus lives with the tests that use it
 
 import ood_corpus  # noqa: E402
+from common import machine  # noqa: E402
 
 from pleura.atomic import write_json  # noqa: E402
 from pleura.data import group_kfold, read_manifest  # noqa: E402
@@ -277,7 +276,7 @@ def main() -> None:
         files = corpus_files(Path(tmp))
         results = [measure(pretrained(s), SHIPPED[s], data, rows, split_rows, files) for s in args.models]
     out = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "data": {
             "frames_folder": str(data),

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import av
 import numpy as np
-
-from pleura.atomic import write_json
+from common import machine, save
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pleura" / "models" / "pretrained" / "pocus-dense-w4-128.safetensors"
 
@@ -115,20 +112,16 @@ def main() -> None:
         })  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     row = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "clip": f"{seconds:g} s at 30 fps, 640x480 H.264, {n} frames",
         "model": f"{model_name}, engine {args.engine}",
         "writes": "annotated MP4, PNG with activation map, predictions.json, clips.csv, frames.csv",
         "runs": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, row)  # atomic: a temporary file, then renamed
-    print("| predicted | frames predicted | seconds | clip frames/s (decoded) | real-time factor |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['rate']} | {r['frames_predicted']} | {r['seconds']} | {r['clip_frames_per_s']} | "
-              f"{r['real_time_factor']} |")  # fmt: skip
+    header = ("predicted", "frames predicted", "seconds", "clip frames/s (decoded)", "real-time factor")
+    keys = ("rate", "frames_predicted", "seconds", "clip_frames_per_s", "real_time_factor")
+    save(args.out, row, header, [[r[k] for k in keys] for r in rows])
 
 
 if __name__ == "__main__":

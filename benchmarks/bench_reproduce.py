@@ -14,13 +14,13 @@ kept in the results, so the README's table comes from this run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine
 
 from pleura.atomic import write_json
 
@@ -38,7 +38,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "pleura", "reproduce", *([] if args.full else ["--quick"]), "--out", str(out)]
     stdout, seconds, peak = run_sampled(cmd, what, every=0.2, proportional=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         "command": what,
         "seconds": round(seconds, 1),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from pleura.atomic import write_json
+from common import machine, save
 
 CASE = """
 import json, sys, time
@@ -133,21 +132,16 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": machine(),
         "size": args.size,
         "workers": args.workers or os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
         "cases": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)  # atomic: a temporary file, then renamed
-    print("\n| clips x frames | frames | seconds | frames/s | peak RSS (MB, all processes) | disk (MB) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['clips']} x {r['frames_per_clip']} | {r['frames']} | {r['seconds']} | {r['frames_per_s']} "
-            f"| {r['peak_rss_mb']:.0f} | {r['disk_mb']} |"
-        )
+    header = ("clips x frames", "frames", "seconds", "frames/s", "peak RSS (MB, all processes)", "disk (MB)")
+    table = [(f"{r['clips']} x {r['frames_per_clip']}", r["frames"], r["seconds"], r["frames_per_s"],
+              f"{r['peak_rss_mb']:.0f}", r["disk_mb"]) for r in rows]  # fmt: skip
+    save(args.out, result, header, table)
 
 
 if __name__ == "__main__":

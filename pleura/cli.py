@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -466,6 +467,22 @@ def _seed_list(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _study(run: Callable[..., dict], out: Path, make_config: Callable[[], object], device: str) -> None:
+    """Run a study (``run(out, cfg, env, progress=...)``) with a progress bar, then print its report; the
+    config is made inside, so its checks become one error line like the run's."""
+    from pleura.train.distributed import init_distributed
+
+    try:
+        cfg = make_config()
+        env = init_distributed(device)
+        with progress_bar() as bar:
+            results = run(out, cfg, env, progress=_EpochProgress(bar))
+    except ValueError as e:
+        fail(str(e))
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+
+
 @experiment_app.command("dense-vs-sparse")
 def dense_vs_sparse(
     out: Path = typer.Option(..., "--out", help="Experiment folder (data, runs, report.md, figures)."),
@@ -479,19 +496,11 @@ def dense_vs_sparse(
 ) -> None:
     """Train dense- and sparse-label U-Nets on the same data and compare their false positives."""
     from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
-    from pleura.train.distributed import init_distributed
 
-    cfg = DenseVsSparseConfig(
-        seeds=_seed_list(seeds), epochs=epochs, train_clips=train_clips, test_clips=test_clips, size=size, width=width
-    )
-    try:
-        env = init_distributed(device)
-        with progress_bar() as bar:
-            results = run_experiment(out, cfg, env, progress=_EpochProgress(bar))
-    except ValueError as e:
-        fail(str(e))
-    typer.echo((out / "report.md").read_text())
-    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+    seed_list = _seed_list(seeds)
+    config = partial(DenseVsSparseConfig, seeds=seed_list, epochs=epochs, train_clips=train_clips,
+                     test_clips=test_clips, size=size, width=width)  # fmt: skip
+    _study(run_experiment, out, config, device)
 
 
 @experiment_app.command("pocus")
@@ -516,21 +525,16 @@ def pocus_experiment(
     from dataclasses import replace
 
     from pleura.experiments.pocus import PocusExperimentConfig, run_pocus
-    from pleura.train.distributed import init_distributed
 
     if quick and full:
         fail("--quick and --full exclude each other")
-    cfg = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
-    try:  # replace() runs the configs' checks (__post_init__) on the new values
-        seg = replace(cfg.seg, style=style, width=width if width is not None else cfg.seg.width)
-        cfg = replace(cfg, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()))
-        env = init_distributed(device)
-        with progress_bar() as bar:
-            results = run_pocus(data, out, cfg, env, progress=_EpochProgress(bar))
-    except ValueError as e:
-        fail(str(e))
-    typer.echo((out / "report.md").read_text())
-    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+    base = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
+
+    def config() -> PocusExperimentConfig:  # replace() runs the configs' checks (__post_init__) on the new values
+        seg = replace(base.seg, style=style, width=width if width is not None else base.seg.width)
+        return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()))
+
+    _study(partial(run_pocus, data), out, config, device)
 
 
 @app.command()
@@ -546,19 +550,11 @@ def reproduce(
     from dataclasses import replace
 
     from pleura.experiments.reproduce import ReproduceConfig, run_reproduce
-    from pleura.train.distributed import init_distributed
 
     cfg = ReproduceConfig.quick() if quick else ReproduceConfig.full()
     if seeds is not None:
         cfg = replace(cfg, seg=replace(cfg.seg, seeds=_seed_list(seeds)))
-    try:
-        env = init_distributed(device)
-        with progress_bar() as bar:
-            results = run_reproduce(out, cfg, env, progress=_EpochProgress(bar))
-    except ValueError as e:
-        fail(str(e))
-    typer.echo((out / "report.md").read_text())
-    typer.echo(f"report: {out / 'report.md'} ({results['seconds'] / 60:.1f} min)")
+    _study(run_reproduce, out, lambda: cfg, device)
 
 
 export_app = typer.Typer(no_args_is_help=True, help="Export trained models: one predictor file, or ONNX.")

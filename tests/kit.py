@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,12 @@ class Interrupt:
     def end_epoch(self, record: dict) -> None:
         if record["epoch"] >= self.after:
             raise KeyboardInterrupt
+
+
+def strip_timing(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl`` without their timings, to compare two runs."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        for key in ("images_per_s", "epoch_seconds"):
+            r.pop(key)
+    return rows

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from kit import Interrupt, simulated
+from kit import Interrupt, simulated, strip_timing
 from safetensors.torch import load_file
 
 from pleura.models import UNet, UNetConfig
@@ -257,22 +257,14 @@ class ArmAt:
             self.faults.armed = False
 
 
-def _strip_timing(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for r in rows:
-        for k in ("images_per_s", "epoch_seconds"):
-            r.pop(k)
-    return rows
-
-
 def _assert_same_run(run: Path, straight: Path, why: str) -> None:
     for name in ("last", "best"):
         a = load_file(str(straight / name / MODEL_FILE))
         b = load_file(str(run / name / MODEL_FILE))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{why}: {name}/ differs"
-    rows = _strip_timing(run / "metrics.jsonl")
+    rows = strip_timing(run / "metrics.jsonl")
     assert [r["epoch"] for r in rows] == [1, 2, 3], f"{why}: metrics.jsonl epochs {[r['epoch'] for r in rows]}"
-    assert rows == _strip_timing(straight / "metrics.jsonl"), why
+    assert rows == strip_timing(straight / "metrics.jsonl"), why
     assert json.loads((run / "summary.json").read_text())["epochs_run"] == 3
     assert _leftovers(run) == [], f"{why}: left {_leftovers(run)}"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kit import Interrupt, simulated
+from kit import Interrupt, simulated, strip_timing
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -75,14 +75,6 @@ def test_checkpoint_round_trip_keeps_model_and_optimizer(tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary folder left
 
 
-def _strip_timing(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    for r in rows:
-        for k in ("images_per_s", "epoch_seconds"):
-            r.pop(k)
-    return rows
-
-
 def test_resume_after_an_interruption_gives_the_same_weights(tiny_data, tmp_path):
     cfg = SegTrainConfig(schema="dense", **TINY)
     SegTrainer(cfg, tiny_data, tmp_path / "straight", DistEnv()).fit()
@@ -93,7 +85,7 @@ def test_resume_after_an_interruption_gives_the_same_weights(tiny_data, tmp_path
     a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert _strip_timing(tmp_path / "straight" / "metrics.jsonl") == _strip_timing(tmp_path / "cut" / "metrics.jsonl")
+    assert strip_timing(tmp_path / "straight" / "metrics.jsonl") == strip_timing(tmp_path / "cut" / "metrics.jsonl")
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["epochs_run"] == 3 and (tmp_path / "cut" / "best" / "model.safetensors").exists()
 

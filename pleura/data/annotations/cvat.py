@@ -199,29 +199,19 @@ def _fill(jobs: list[dict[str, Any]], source: str, notes: Notes, locate: Any, la
                 where[0].add_tag(where[1], str(t["label"]))
         for s in job.get("shapes") or []:
             order += 1
-            what = f'job {j} shape {order} ({s.get("type")} "{s.get("label")}")'
-            rel = finite_int(s.get("frame"), -1)
-            try:
-                shape = json_shape(s, source, what, order)
-            except ValueError as e:
-                notes.fail(source, f"{source}: frame {rel}: {e}")
-                continue
-            if shape is None:
-                continue
-            it, f = locate(rel)
-            it.add(f, shape)
+            rel, shape = _read_shape(
+                s, source, f'job {j} shape {order} ({s.get("type")} "{s.get("label")}")', order, notes
+            )
+            if shape is not None:
+                it, f = locate(rel)
+                it.add(f, shape)
         for k, track in enumerate(job.get("tracks") or []):
             keys: list[TrackShape] = []
             for s in track.get("shapes") or []:
                 order += 1
                 s = {**s, "label": track.get("label")}
                 what = f'job {j} track {k} ({s.get("type")} "{track.get("label")}")'
-                rel = finite_int(s.get("frame"), -1)
-                try:
-                    shape = json_shape(s, source, what, order)
-                except ValueError as e:
-                    notes.fail(source, f"{source}: frame {rel}: {e}")
-                    continue
+                rel, shape = _read_shape(s, source, what, order, notes)
                 if shape is not None:
                     keys.append(TrackShape(rel, shape, bool(s.get("outside"))))
             for rel, shape in expand_track(keys, last, notes):  # in task frames; then to media frames
@@ -229,6 +219,17 @@ def _fill(jobs: list[dict[str, Any]], source: str, notes: Notes, locate: Any, la
                 it.add(f, shape)
             if track.get("elements"):
                 notes.fail(source, f"{source}: job {j} track {k}: skeleton tracks are not supported; skipped")
+
+
+def _read_shape(s: dict[str, Any], source: str, what: str, order: int, notes: Notes) -> tuple[int, Shape | None]:
+    """``(task frame, shape)`` of a CVAT JSON shape or track key; a shape that cannot be drawn is noted (one
+    line naming the file, frame and shape) and comes back as None."""
+    rel = finite_int(s.get("frame"), -1)
+    try:
+        return rel, json_shape(s, source, what, order)
+    except ValueError as e:
+        notes.fail(source, f"{source}: frame {rel}: {e}")
+        return rel, None
 
 
 def json_shape(s: dict[str, Any], source: str, what: str, order: int) -> Shape | None:
