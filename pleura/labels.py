@@ -93,10 +93,12 @@ class Schema:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Class names in index order."""
         return tuple(c.name for c in self.classes)
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, background included (the segmentation channels)."""
         return len(self.classes)
 
     def index(self, name: str) -> int:

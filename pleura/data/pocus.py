@@ -62,6 +62,7 @@ class PocusImportConfig:
     workers: int = 0  # processes; 0 means all cores
 
     def validate(self) -> None:
+        """Check the options before any file is read; raises ``PocusError`` naming the bad option."""
         if not self.rate > 0:
             raise PocusError(f"--rate must be positive, got {self.rate}")
         if self.max_per_clip < 1:

@@ -52,6 +52,7 @@ class DenseVsSparseConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, schema: str, seed: int) -> SegTrainConfig:
+        """Training settings of one run: this schema and seed, with the budget shared by both schemas."""
         return SegTrainConfig(
             schema=schema, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, width=self.width,
             depth=self.depth, patience=self.patience, seed=seed,

@@ -81,6 +81,7 @@ class PocusExperimentConfig:
 
     @property
     def size(self) -> int:
+        """Image side of the frames, pixels: the segmentation stage's, so pretrained U-Nets fit the real frames."""
         return self.seg.size
 
     @classmethod

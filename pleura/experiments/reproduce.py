@@ -51,11 +51,13 @@ class ReproduceConfig:
 
     @classmethod
     def quick(cls) -> ReproduceConfig:
+        """The 10-minute CPU setting: one seed, fewer clips, 3 folds and 5 epochs per fold."""
         seg = DenseVsSparseConfig(seeds=(0,), train_clips=60, test_clips=30, epochs=10)
         return cls(seg=seg, folds=3, cls_epochs=5)
 
     @classmethod
     def full(cls) -> ReproduceConfig:
+        """The full study: every default (3 seeds, 5 folds)."""
         return cls(seg=DenseVsSparseConfig())
 
 

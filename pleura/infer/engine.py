@@ -120,6 +120,10 @@ class TorchEngine(Engine):
             self.amp = amp or (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
 
     def run(self, x: np.ndarray) -> EngineOutput:
+        """Class logits, segmentation logits and pooled features of a ``(B, C, H, W)`` batch, from one pass.
+
+        A U-Net alone gives only the segmentation logits (``logits`` and ``features`` are ``None``).
+        """
         batch = torch.from_numpy(self._check(x)).to(self.device, non_blocking=True)
         amp = torch.autocast(self.device.type, self.amp) if self.amp is not None else contextlib.nullcontext()
         with torch.inference_mode(), amp:
@@ -205,6 +209,11 @@ class OnnxEngine(Engine):
         return x
 
     def run(self, x: np.ndarray) -> EngineOutput:
+        """Class logits, segmentation logits and pooled features of a ``(B, C, S, S)`` batch (``S`` the image size).
+
+        A batch of several frames runs frame-parallel when the engine was built so; outputs the export lacks
+        are ``None``.
+        """
         x = self._check(x)
         if self._pool is None or len(x) == 1:
             results = self.session.run(self.outputs, {self.input_name: x})

@@ -68,6 +68,7 @@ class AnnotatedVideo:
         self.started = False
 
     def add(self, rgb: np.ndarray) -> None:
+        """Encode one ``(H, W, 3)`` uint8 RGB frame; the first sets the clip's size (odd sides cropped by a pixel)."""
         import av
 
         h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2  # yuv420p needs even sides

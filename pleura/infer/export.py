@@ -104,6 +104,9 @@ class SplitSkipConv(SkipConcatConv):
             self.weight_x = nn.Parameter(w[:, skip_channels:].contiguous(memory_format=fmt), requires_grad=False)
 
     def forward(self, skip: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        """Convolution of ``cat([skip, x], dim=1)``: ``skip`` ``(B, C_skip, H, W)`` and ``x`` ``(B, C_x, H, W)`` give
+        ``(B, out_channels, H, W)``.
+        """
         out = self._conv_forward(skip, self.weight_skip, self.bias)
         return out.add_(self._conv_forward(x, self.weight_x, None))
 

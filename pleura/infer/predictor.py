@@ -69,6 +69,7 @@ class ClipResult:
     probe: Probe | str = ""  # probe type detected from the scan area's shape ("" only for a result built empty)
 
     def to_dict(self, frames: bool = True) -> dict[str, Any]:
+        """The result as JSON-ready data; ``frames=False`` leaves out the per-frame results."""
         d = asdict(self)
         if not frames:
             d.pop("frames")

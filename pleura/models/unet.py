@@ -96,6 +96,9 @@ class SkipConcatConv(nn.Conv2d):
     """
 
     def forward(self, skip: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        """Convolution of ``cat([skip, x], dim=1)``: ``skip`` ``(B, C_skip, H, W)`` and ``x`` ``(B, C_x, H, W)`` give
+        ``(B, out_channels, H, W)``.
+        """
         c = skip.shape[1]
         out = self._conv_forward(skip, self.weight[:, :c], self.bias)
         return out.add_(self._conv_forward(x, self.weight[:, c:], None))
@@ -120,6 +123,7 @@ class ConvBlock(nn.Sequential):
         )
 
     def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """``(B, C_in, H, W)`` -> ``(B, C_out, H, W)``; ``concat=True``: a ``(B, C_skip, H, W)`` skip joins first."""
         layers = iter(self)
         first = next(layers)
         x = first(x) if skip is None else first(skip, x)
@@ -143,6 +147,7 @@ class Up(nn.Module):
         self.block = ConvBlock(2 * out_channels, out_channels, norm, concat=True)
 
     def forward(self, x: Tensor, skip: Tensor) -> Tensor:
+        """Up-sample ``x`` ``(B, C, h, w)`` and join ``skip`` ``(B, C / 2, 2h, 2w)``: gives ``(B, C / 2, 2h, 2w)``."""
         x = self.up(x)  # (B, C, h, w) -> (B, C / 2, 2h, 2w)
         return self.block(x, skip=skip)  # conv of cat([skip, x]): (B, C, 2h, 2w) -> (B, C / 2, 2h, 2w)
 

@@ -76,6 +76,7 @@ class BalancedSampler(Sampler[int]):
         self.per_rank = math.ceil(len(self.labels) / env.world_size)
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch ``__iter__`` draws for (the loop calls it before each epoch), so every rank draws alike."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -107,6 +108,11 @@ class ClsTrainer(Trainer):
         self.rows = list(rows) if rows is not None else read_manifest(self.data)
 
     def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
+        """The ``Trainer.setup`` hook: checks labels and the ``--init`` run, splits ``rows`` by ``group``.
+
+        Returns:
+            The training and validation datasets, and frame counts and image size for ``config.json``.
+        """
         cfg = self.cfg
         check_labels(self.rows, self.data)
         self.kind_, self.init_run = cfg.init_kind()
@@ -131,9 +137,11 @@ class ClsTrainer(Trainer):
         return train, val, info
 
     def make_sampler(self, train: LUSDataset) -> Sampler:
+        """The ``Trainer.make_sampler`` hook: a :class:`BalancedSampler`, so every diagnosis is drawn equally often."""
         return BalancedSampler(self.train_labels, self.env, seed=self.cfg.seed)
 
     def build_model(self) -> ReverseTransferClassifier:
+        """The ``Trainer.build_model`` hook: a classifier on the ``--init`` run's best U-Net, or on a fresh one."""
         cfg = self.cfg
         if self.init_run is not None:
             path = self.init_run / "best" / "model.safetensors"
@@ -143,11 +151,13 @@ class ClsTrainer(Trainer):
         return ReverseTransferClassifier(unet, tap=cfg.tap, num_classes=len(DIAGNOSES))
 
     def ddp_kwargs(self) -> dict[str, Any]:
+        """The ``Trainer.ddp_kwargs`` hook: ``find_unused_parameters`` when some parameters get no gradients."""
         # a frozen body, or a tap that skips the segmentation head, leaves parameters without gradients
         unused = self.cfg.tap in ("bottleneck", "decoder") and self.cfg.aux_seg_weight == 0
         return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or unused}
 
     def make_optimizer(self, net: ReverseTransferClassifier) -> torch.optim.Optimizer:
+        """The ``Trainer.make_optimizer`` hook: AdamW, the head at ``lr`` and the U-Net at ``lr * body_lr_factor``."""
         groups = [
             {"params": list(net.head_parameters()), "lr": self.cfg.lr},
             {"params": list(net.body_parameters()), "lr": self.cfg.lr * self.cfg.body_lr_factor},
@@ -155,12 +165,17 @@ class ClsTrainer(Trainer):
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
     def on_epoch_start(self, epoch: int) -> None:
+        """The ``Trainer.on_epoch_start`` hook: the U-Net stays frozen for the first ``freeze_epochs`` epochs."""
         self.net.freeze_body(epoch < self.cfg.freeze_epochs)
 
     def checkpoint_meta(self) -> dict[str, Any]:
+        """The ``Trainer.checkpoint_meta`` hook: the init, tap and class names, stored beside the weights."""
         return {"init": self.cfg.init, "tap": self.cfg.tap, "class_names": list(DIAGNOSES)}
 
     def train_step(self, batch: dict[str, Any]) -> float:
+        """The ``Trainer.train_step`` hook: one step on cross-entropy (plus the auxiliary segmentation loss, if
+        weighted); returns the loss.
+        """
         x = batch["image"].to(self.device, non_blocking=True)
         y = torch.as_tensor(batch["label"], device=self.device)
         with self.autocast():

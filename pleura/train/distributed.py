@@ -32,6 +32,7 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
+        """Whether more than one process runs (under torchrun), so collectives are needed."""
         return self.world_size > 1
 
 

@@ -56,6 +56,7 @@ class LoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
+        """The config from a dict (e.g. ``config.json``'s ``train``), ignoring keys that are not fields of ``cls``."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -72,9 +73,14 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 class Progress(Protocol):
     """What a trainer tells its caller; the CLI draws a progress bar from it."""
 
-    def start(self, description: str, total: int) -> None: ...
-    def advance(self, n: int, **info: float) -> None: ...
-    def end_epoch(self, record: dict[str, Any]) -> None: ...
+    def start(self, description: str, total: int) -> None:
+        """A phase of ``total`` steps begins (a training epoch, or an experiment stage), shown as ``description``."""
+
+    def advance(self, n: int, **info: float) -> None:
+        """``n`` more steps are done; ``info`` holds numbers to show beside them (e.g. ``loss``, ``images_per_s``)."""
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        """A training epoch ended; ``record`` is its line of ``metrics.jsonl`` (losses, ``val_score``, ``best``)."""
 
 
 class _Silent:
@@ -136,6 +142,7 @@ class Trainer:
         )
 
     def make_optimizer(self, net: torch.nn.Module) -> torch.optim.Optimizer:
+        """AdamW over ``net``'s parameters at ``lr`` and ``weight_decay``; override it for parameter groups."""
         return torch.optim.AdamW(net.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -147,6 +154,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     def autocast(self) -> torch.autocast:
+        """Mixed-precision context (float16) for forward passes; disabled unless ``use_amp`` (AMP on CUDA)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp)
 
     def step(self, loss: torch.Tensor) -> None:

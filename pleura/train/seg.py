@@ -38,6 +38,7 @@ class SegTrainConfig(LoopConfig):
     upsample: str = "transpose"  # decoder up-sampling: transpose or bilinear
 
     def model_config(self) -> UNetConfig:
+        """The U-Net's configuration: one input channel and the schema's classes, at this width and depth."""
         schema = get_schema(self.schema)
         return UNetConfig(
             in_channels=1,
@@ -71,6 +72,13 @@ class SegTrainer(Trainer):
     cfg: SegTrainConfig
 
     def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
+        """The ``Trainer.setup`` hook: splits the manifest by clip and checks every mask, counting class pixels for
+        the loss weights.
+
+        Returns:
+            The training and validation datasets, and the model config, split and class statistics for
+            ``config.json``.
+        """
         cfg = self.cfg
         self.schema = get_schema(cfg.schema)
         rows = read_manifest(self.data)
@@ -93,12 +101,15 @@ class SegTrainer(Trainer):
         return train, val, info
 
     def build_model(self) -> UNet:
+        """The ``Trainer.build_model`` hook: a U-Net of ``cfg.model_config()``."""
         return UNet(self.cfg.model_config())
 
     def checkpoint_meta(self) -> dict[str, Any]:
+        """The ``Trainer.checkpoint_meta`` hook: the label schema, stored beside the weights."""
         return {"schema": self.cfg.schema}
 
     def train_step(self, batch: dict[str, Any]) -> float:
+        """The ``Trainer.train_step`` hook: one step on weighted cross-entropy plus soft Dice; returns the loss."""
         x = batch["image"].to(self.device, non_blocking=True)
         y = batch["mask"].to(self.device, non_blocking=True)
         with self.autocast():

@@ -88,6 +88,7 @@ class AnnotationImportConfig:
     workers: int = 0  # processes (one clip each); 0 means all cores
 
     def validate(self) -> None:
+        """Check the options before any file is read; raises ``AnnotationError`` naming the bad option."""
         if self.format not in FORMATS:
             raise AnnotationError(f"--format {self.format!r} is not one of {', '.join(FORMATS)}")
         if not 32 <= self.size <= 2048:

@@ -22,6 +22,7 @@ def trailing_number(name: str) -> int | None:
 
 
 def is_video_name(path: Path) -> bool:
+    """Whether ``path`` names a video by its extension (``VIDEO_EXTS``, any case); the file is not opened."""
     return path.suffix.lower() in VIDEO_EXTS
 
 

@@ -115,9 +115,11 @@ class Item:
     missing: str = ""  # why ``media`` is None
 
     def add(self, frame: int, shape: Shape) -> None:
+        """Add a shape to media frame ``frame``."""
         self.shapes.setdefault(frame, []).append(shape)
 
     def add_tag(self, frame: int, name: str) -> None:
+        """Add a frame-level tag name to media frame ``frame``."""
         self.tags.setdefault(frame, []).append(name)
 
 
@@ -132,14 +134,17 @@ class Notes:
     warnings: list[str] = field(default_factory=list)
 
     def fail(self, file: str, line: str) -> None:
+        """Record (and log) a problem in ``file`` that lost labels: the affected labels are skipped."""
         logger.info("skipped: %s", line)
         self.failed.append((file, line))
 
     def warn(self, line: str) -> None:
+        """Record (and log) a problem that lost no labels."""
         logger.info("%s", line)
         self.warnings.append(line)
 
     def extend(self, other: Notes) -> None:
+        """Append another ``Notes``' lines (e.g. a worker's, one clip each) to these."""
         self.failed += other.failed
         self.warnings += other.warnings
 
@@ -233,6 +238,7 @@ class LabelMap:
         return None if name is None else self.schema.index(name)
 
     def mapped(self, label: str) -> bool:
+        """Whether a tool label maps to a class (False when unlisted or ignored on purpose)."""
         return self.labels.get(label) is not None
 
     def ranks(self) -> np.ndarray:
@@ -257,9 +263,11 @@ class LabelMap:
         return None
 
     def tag_known(self, tag: str) -> bool:
+        """Whether a frame tag is listed in the map or names a diagnosis or probe itself (else it is warned about)."""
         return tag in self.tags or self.tag_fields(tag) is not None
 
     def to_json(self) -> dict[str, Any]:
+        """The map as JSON-ready data in the label-map file's layout (colours as ``#rrggbb``), to record the import."""
         return {
             "schema": self.schema.name,
             "labels": self.labels,
