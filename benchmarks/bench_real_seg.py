@@ -19,6 +19,8 @@ the best simulator-only model's (best on this clip: a choice for the picture onl
 
     python benchmarks/bench_real_seg.py                  # 3 seeds; writes results/real_seg.json and the figure
     python benchmarks/bench_real_seg.py --seeds 0 --epochs 2 --out /tmp/real_seg.json --figure /tmp/rs.png
+    python benchmarks/bench_real_seg.py --schemas sparse --line-label-px 8 --a-line-label-px 10.5 \
+        --out results/real_seg_thick.json --figure /tmp/rs.png   # line labels as the experts' bands
 """
 
 from __future__ import annotations
@@ -143,6 +145,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--clips", type=int, default=60, help="simulated clips per seed (2 frames each)")
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--schemas", nargs="+", choices=["dense", "sparse"], default=["dense", "sparse"])
+    ap.add_argument(
+        "--line-label-px",
+        type=float,
+        default=None,
+        help="simulate with the pleural line labelled as a band this many px thick (pleura simulate)",
+    )
+    ap.add_argument("--a-line-label-px", type=float, default=None, help="A-line band thickness in px")  # fmt: skip
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "real_seg.json")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "results" / "real_seg_examples.png")
@@ -164,12 +174,15 @@ def main() -> None:
             score = score_real_segmentation(pretrained(name), data)
             models.append({"name": name, "kind": "shipped", "scores": [score], "score_s": time.perf_counter() - t})
             print(f"{name}: {json.dumps(score)}", flush=True)
-        trained: dict[str, list[dict[str, Any]]] = {"dense": [], "sparse": []}
+        trained: dict[str, list[dict[str, Any]]] = {schema: [] for schema in args.schemas}
+        bands = [] if args.line_label_px is None else ["--line-label-px", str(args.line_label_px)]
+        if args.a_line_label_px is not None:
+            bands += ["--a-line-label-px", str(args.a_line_label_px)]
         for seed in args.seeds:
             sim = work / f"sim{seed}"
             if not (sim / "manifest.csv").is_file():
                 pleura_cmd("simulate", "--out", str(sim), "--n", str(args.clips), "--frames", "2", "--size",
-                           str(SIZE), "--seed", str(1000 + seed), "--overwrite")  # fmt: skip
+                           str(SIZE), "--seed", str(1000 + seed), "--overwrite", *bands)  # fmt: skip
             for schema in trained:
                 run = work / f"{schema}-seed{seed}"
                 seconds = 0.0
@@ -215,6 +228,9 @@ def main() -> None:
             "seeds": args.seeds,
             "simulation_seeds": [1000 + s for s in args.seeds],
             "checkpoint": "best",
+            "schemas": args.schemas,
+            "line_label_px": args.line_label_px,
+            "a_line_label_px": args.a_line_label_px,
         },
         "targets": {"pleural_line_dice": 0.60, "a_line_dice": 0.40},
         "seconds": round(time.perf_counter() - start, 1),

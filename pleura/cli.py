@@ -103,6 +103,12 @@ def simulate(
     workers: Processes = 0,
     style: str = typer.Option("physics", "--style", help="Output style: physics, or pocus (looks like POCUS clips)."),
     gallery: bool = typer.Option(False, "--gallery", help="Also write gallery.png, a contact sheet with overlays."),
+    line_label_px: float | None = typer.Option(
+        None, "--line-label-px", help="Label the pleural line (and A-lines) as bands this many px thick, as experts do."
+    ),
+    a_line_label_px: float | None = typer.Option(
+        None, "--a-line-label-px", help="A-line band thickness in px (default: --line-label-px)."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Simulate lung-ultrasound frames with anatomy, dense and sparse masks and a manifest."""
@@ -119,6 +125,8 @@ def simulate(
         frames=frames,
         workers=workers,
         style=style,
+        line_label_px=line_label_px,
+        a_line_label_px=a_line_label_px,
     )
     try:
         cfg.validate()

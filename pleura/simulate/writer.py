@@ -22,6 +22,7 @@ from pleura import __version__
 from pleura.atomic import staged_folder
 from pleura.labels import DIAGNOSES, PROBES, SCHEMA_ORDER, SCHEMAS, Probe, convert
 from pleura.parallel import parallel_map
+from pleura.simulate.bands import thicken_lines
 from pleura.simulate.render import ClipRenderer, Frame
 from pleura.simulate.scene import Scene, sample_scene
 from pleura.simulate.style import STYLES, apply_style
@@ -53,6 +54,10 @@ class SimulationConfig:
     frames: int = 1  # frames per clip; > 1 gives lung sliding and speckle decorrelation
     workers: int = 0  # processes; 0 means all cores
     style: str = "physics"  # output style (``pleura.simulate.style.STYLES``): physics, or pocus to look like POCUS
+    # Label bands (issue 14): the pleural line and the A-lines labelled as bands this many pixels thick (at
+    # ``size``), as experts draw them (``pleura.simulate.bands``); None: as thin as their echo (the default).
+    line_label_px: float | None = None
+    a_line_label_px: float | None = None  # None: the same as line_label_px
 
     def __post_init__(self) -> None:
         if self.probe != MIXED:  # a probe named by an alias or in another case becomes the Probe
@@ -80,6 +85,12 @@ class SimulationConfig:
             raise SimulationError(f"--classes lists a class twice: {','.join(self.classes)}")
         if self.style not in STYLES:
             raise SimulationError(f"unknown style {self.style!r}; choose one of: {', '.join(STYLES)}")
+        for name in ("line_label_px", "a_line_label_px"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= self.size / 4:
+                raise SimulationError(f"--{name.replace('_', '-')} must be 1 to size/4 pixels, got {value}")
+        if self.a_line_label_px is not None and self.line_label_px is None:
+            raise SimulationError("--a-line-label-px needs --line-label-px")
         if self.workers < 0:
             raise SimulationError(f"--workers must be 0 (all cores) or more, got {self.workers}")
 
@@ -121,9 +132,10 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
         fid = f"{clip_id}_{t:03d}"
         row: dict[str, object] = {"id": fid, "image": f"images/{fid}.png"}
         _save_png(apply_style(frame.image, cfg.style), root / "images" / f"{fid}.png")
+        anatomy = thicken_lines(frame.anatomy, cfg.line_label_px, cfg.a_line_label_px)
         for name in SCHEMA_ORDER:
             rel = f"masks/{name}/{fid}.png"
-            _save_png(convert(frame.anatomy, "anatomy", name), root / rel, SCHEMAS[name].palette())
+            _save_png(convert(anatomy, "anatomy", name), root / rel, SCHEMAS[name].palette())
             row[f"mask_{name}"] = rel
         row.update(
             diagnosis=diagnosis, probe=probe, clip_id=clip_id, patient_id=clip_id, frame=t, seed=cfg.seed,
@@ -131,6 +143,16 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
         )  # fmt: skip
         rows.append(row)
     return rows
+
+
+def _config_record(cfg: SimulationConfig) -> dict[str, object]:
+    """``cfg`` as a dict for ``dataset.json``; the label-band settings only when set, so that a default run
+    writes the same bytes as before they existed."""
+    record = asdict(cfg)
+    for name in ("line_label_px", "a_line_label_px"):
+        if record[name] is None:
+            del record[name]
+    return record
 
 
 def write_dataset(
@@ -165,7 +187,7 @@ def write_dataset(
         meta = {
             "pleura_version": __version__,
             "source": "simulated",
-            "config": asdict(cfg),
+            "config": _config_record(cfg),
             "schemas": {name: list(SCHEMAS[name].names) for name in SCHEMA_ORDER},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
