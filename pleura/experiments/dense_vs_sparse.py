@@ -24,6 +24,7 @@ from pleura.data import read_manifest
 from pleura.evaluate.seg import evaluate_segmentation
 from pleura.report import fmt, markdown_table, mean_std
 from pleura.simulate import SimulationConfig, write_dataset
+from pleura.simulate.writer import dataset_config
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import Progress, SegTrainConfig, SegTrainer
 
@@ -78,7 +79,7 @@ def training_line(results: dict[str, Any]) -> str:
 def simulate_cached(root: Path, cfg: SimulationConfig) -> Path:
     """Simulate ``cfg`` into ``root`` unless a dataset of the same configuration is already there."""
     meta = root / "dataset.json"
-    if meta.exists() and json.loads(meta.read_text()).get("config", {}) == json.loads(json.dumps(asdict(cfg))):
+    if meta.exists() and json.loads(meta.read_text()).get("config", {}) == json.loads(json.dumps(dataset_config(cfg))):
         return root
     write_dataset(cfg, root, overwrite=True)
     return root

@@ -145,9 +145,9 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
     return rows
 
 
-def _config_record(cfg: SimulationConfig) -> dict[str, object]:
-    """``cfg`` as a dict for ``dataset.json``; the label-band settings only when set, so that a default run
-    writes the same bytes as before they existed."""
+def dataset_config(cfg: SimulationConfig) -> dict[str, object]:
+    """``cfg`` as ``dataset.json`` records it (and as a cache compares it): the label-band settings only when
+    set, so that a default run writes the same bytes as before they existed."""
     record = asdict(cfg)
     for name in ("line_label_px", "a_line_label_px"):
         if record[name] is None:
@@ -187,7 +187,7 @@ def write_dataset(
         meta = {
             "pleura_version": __version__,
             "source": "simulated",
-            "config": _config_record(cfg),
+            "config": dataset_config(cfg),
             "schemas": {name: list(SCHEMAS[name].names) for name in SCHEMA_ORDER},
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")

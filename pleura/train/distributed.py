@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +56,12 @@ def init_distributed(device: str = "auto") -> DistEnv:
 
 
 def cleanup(env: DistEnv) -> None:
-    """Leave the process group (at the end of a distributed run)."""
+    """Leave the process group (at the end of a distributed run), every rank together: a rank that tears its
+    connections down while another still uses them can abort it (gloo: "terminate called without an active
+    exception")."""
     if env.distributed and dist.is_initialized():
+        if sys.exc_info()[0] is None:  # after a failure the other ranks may never arrive: do not wait for them
+            dist.barrier()
         dist.destroy_process_group()
 
 
