@@ -195,15 +195,16 @@ def train_seg(
 ) -> None:
     """Train a U-Net to segment A-lines, B-lines and the pleural line (also under torchrun)."""
     from pleura.data import ManifestError
+    from pleura.models import UNetConfig
     from pleura.models.checkpoint import CheckpointError
     from pleura.train.distributed import cleanup, init_distributed
     from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
 
-    cfg = SegTrainConfig(
-        schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, width=width, depth=depth, patience=patience,
-        seed=seed, augment=not no_augment, workers=workers, device=device,
-    )  # fmt: skip
     try:
+        cfg = SegTrainConfig(
+            schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, model=UNetConfig(width=width, depth=depth),
+            patience=patience, seed=seed, augment=not no_augment, workers=workers, device=device,
+        )  # fmt: skip
         cfg.model_config()
         env = init_distributed(device)
     except (KeyError, ValueError) as e:
@@ -269,6 +270,7 @@ def train_cls(
     overwrite: Overwrite = False,
 ) -> None:
     """Reverse transfer: train a COVID-19 / pneumonia / normal classifier from a segmentation U-Net, k-fold."""
+    from pleura.models import ClassifierConfig
     from pleura.train.cls import ClsTrainConfig, train_kfold
     from pleura.train.distributed import cleanup, init_distributed
 
@@ -276,12 +278,11 @@ def train_cls(
         if ":" in init or init == "scratch":
             fail(f"--init-run goes with --init dense or --init sparse, got --init {init!r}")
         init = f"{init}:{init_run}"
-    cfg = ClsTrainConfig(
-        init=init, tap=tap, freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight, epochs=epochs,
-        batch_size=batch_size, lr=lr,
-        patience=patience, seed=seed, group=group, device=device,
-    )  # fmt: skip
     try:
+        cfg = ClsTrainConfig(
+            init=init, model=ClassifierConfig(tap=tap), freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight,
+            epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, group=group, device=device,
+        )  # fmt: skip
         env = init_distributed(device)
     except ValueError as e:
         fail(str(e))

@@ -27,11 +27,18 @@ def sim_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(sim_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny classifier trained on the simulated set (2 folds, 1 epoch), bundled."""
     from pleura.infer.bundle import export_bundle
+    from pleura.models import ClassifierConfig, UNetConfig
     from pleura.train.cls import ClsTrainConfig, train_kfold
     from pleura.train.distributed import DistEnv
 
     run = tmp_path_factory.mktemp("cls") / "run"
-    train_kfold(ClsTrainConfig(epochs=1, batch_size=8, width=4, depth=2), sim_dataset, run, DistEnv(), folds=2)
+    train_kfold(
+        ClsTrainConfig(epochs=1, batch_size=8, model=ClassifierConfig(unet=UNetConfig(width=4, depth=2))),
+        sim_dataset,
+        run,
+        DistEnv(),
+        folds=2,
+    )
     path, _ = export_bundle(run, run.parent / "model.safetensors", ood_frames=36)
     return path
 

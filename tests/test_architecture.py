@@ -40,3 +40,12 @@ def test_an_upward_import_inside_a_function_breaks_the_contract(tmp_path: Path) 
     out = subprocess.run([str(lint), "--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0, out.stdout
     assert "pleura.models.upward -> pleura.train.loop" in out.stdout
+
+
+def test_tests_mirror_the_package() -> None:
+    """Every sub-package of pleura has a test folder of the same name, and every test folder names a sub-package
+    (a module's tests go in ``tests/<package>/test_<module>.py``; cross-cutting ones, like the CLI, at the top)."""
+    packages = {p.parent.name for p in (ROOT / "pleura").glob("*/__init__.py")} - {"pretrained"}
+    folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
+    assert packages - folders == set(), f"sub-packages without a tests/ folder: {sorted(packages - folders)}"
+    assert folders - packages == set(), f"tests/ folders that name no sub-package: {sorted(folders - packages)}"

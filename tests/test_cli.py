@@ -199,31 +199,50 @@ def test_init_run_is_a_structured_option_and_the_old_form_still_works(tmp_path: 
 
 
 def test_cli_defaults_are_the_config_defaults():
-    """A default lives in the config dataclass; the command line's defaults must be the same values."""
-    from dataclasses import fields
-
+    """A default lives in the config dataclass (a nested model config included); the command line's defaults must
+    be the same values."""
     from pleura.data.pocus import PocusImportConfig
+    from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig
     from pleura.simulate import SimulationConfig
     from pleura.train.cls import ClsTrainConfig
     from pleura.train.seg import SegTrainConfig
 
     commands = {c.name or c.callback.__name__: c.callback for c in app.registered_commands}
-    data = {c.name or c.callback.__name__: c.callback for g in app.registered_groups
-            for c in g.typer_instance.registered_commands}  # fmt: skip
+    groups = {c.name or c.callback.__name__: c.callback for g in app.registered_groups
+              for c in g.typer_instance.registered_commands}  # fmt: skip
     pairs = [
-        (commands["train-seg"], SegTrainConfig, {"no_augment"}),
-        (commands["train-cls"], ClsTrainConfig, {"folds", "init_run"}),
-        (commands["simulate"], SimulationConfig, {"probe", "classes"}),
-        (data["import-pocus"], PocusImportConfig, set()),
+        (commands["train-seg"], SegTrainConfig(), {"no_augment"}),
+        (commands["train-cls"], ClsTrainConfig(), {"folds", "init_run"}),
+        (commands["simulate"], SimulationConfig(), {"probe", "classes"}),
+        (groups["import-pocus"], PocusImportConfig(), set()),
+        (groups["dense-vs-sparse"], DenseVsSparseConfig(), set()),
     ]
     checked = 0
     for callback, config, skip in pairs:
-        defaults = {f.name: f.default for f in fields(config)}
+        defaults = _config_defaults(config)
         for name, param in _cli_defaults(callback).items():
             if name in defaults and name not in skip:
-                assert param == defaults[name], f"{config.__name__}.{name}: CLI {param!r} != config {defaults[name]!r}"
+                if name == "seeds" and isinstance(param, str):
+                    param = tuple(int(x) for x in param.split(","))
+                expected = defaults[name]
+                assert param == expected, f"{type(config).__name__}.{name}: CLI {param!r} != config {expected!r}"
                 checked += 1
-    assert checked >= 20
+    assert checked >= 26
+
+
+def _config_defaults(config) -> dict:
+    """A config's field values by name, the fields of nested configs (``model``, ``model.unet``) included; the
+    outer config's own fields win."""
+    from dataclasses import fields, is_dataclass
+
+    out: dict = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            out = {**_config_defaults(value), **out}
+        else:
+            out[f.name] = value
+    return out
 
 
 def _cli_defaults(callback) -> dict:

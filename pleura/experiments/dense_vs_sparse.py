@@ -22,6 +22,7 @@ import numpy as np
 from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
 from pleura.evaluate.seg import evaluate_segmentation
+from pleura.models import UNetConfig
 from pleura.report import fmt, markdown_table, mean_std
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.simulate.writer import dataset_config
@@ -55,8 +56,8 @@ class DenseVsSparseConfig:
     def train_config(self, schema: str, seed: int) -> SegTrainConfig:
         """Training settings of one run: this schema and seed, with the budget shared by both schemas."""
         return SegTrainConfig(
-            schema=schema, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, width=self.width,
-            depth=self.depth, patience=self.patience, seed=seed,
+            schema=schema, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+            model=UNetConfig(width=self.width, depth=self.depth), patience=self.patience, seed=seed,
         )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from pleura.experiments.dense_vs_sparse import (
 from pleura.experiments.reproduce import INITS, train_variants
 from pleura.labels import DIAGNOSES
 from pleura.metrics.classification import binary_roc_auc
+from pleura.models import ClassifierConfig, UNetConfig
 from pleura.report import fmt, markdown_table
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
@@ -140,7 +141,7 @@ def run_pocus(
     timings["pretrain_s"] = time.perf_counter() - start - timings["import_s"]
     ccfg = ClsTrainConfig(
         epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=cfg.seed, batch_size=cfg.batch_size,
-        width=cfg.seg.width, depth=cfg.seg.depth, group="patient_id",
+        model=ClassifierConfig(unet=UNetConfig(width=cfg.seg.width, depth=cfg.seg.depth)), group="patient_id",
     )  # fmt: skip
     runs = train_variants(real, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env, progress,
                           inits=cfg.inits)  # fmt: skip

@@ -24,6 +24,7 @@ from pleura.experiments.dense_vs_sparse import (
     run_experiment,
     training_line,
 )
+from pleura.models import ClassifierConfig, UNetConfig
 from pleura.report import fmt, markdown_table, mean_std
 from pleura.train.cls import ClsTrainConfig, train_kfold
 from pleura.train.distributed import DistEnv
@@ -73,7 +74,7 @@ def run_reproduce(
     for seed in cfg.seg.seeds:
         ccfg = ClsTrainConfig(
             epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=seed,
-            width=cfg.seg.width, depth=cfg.seg.depth, group="patient_id",
+            model=ClassifierConfig(unet=UNetConfig(width=cfg.seg.width, depth=cfg.seg.depth)), group="patient_id",
         )  # fmt: skip
         runs = train_variants(train_data, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env,
                               progress)  # fmt: skip

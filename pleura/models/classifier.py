@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from pleura.labels import DIAGNOSES
+from pleura.models.config import nested_config
 from pleura.models.unet import SkipConcatConv, UNet, UNetConfig, _norm
 
 TAPS: tuple[str, ...] = ("logits", "decoder", "logits+decoder", "bottleneck")
@@ -60,14 +61,7 @@ class ClassifierConfig:
             raise ValueError(f"ClassifierConfig.tap {self.tap!r} is unknown; choose one of: {', '.join(TAPS)}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"ClassifierConfig.dropout should be a number in [0, 1), got {self.dropout!r}")
-        if isinstance(self.unet, dict):  # as read back from JSON
-            valid = [f.name for f in fields(UNetConfig)]
-            unknown = sorted(set(self.unet) - set(valid))
-            if unknown:
-                raise ValueError(f"ClassifierConfig.unet has unknown fields {unknown}; valid: {', '.join(valid)}")
-            self.unet = UNetConfig(**self.unet)
-        if not isinstance(self.unet, UNetConfig):
-            raise ValueError(f"ClassifierConfig.unet should be a UNetConfig (or its dict), got {self.unet!r}")
+        self.unet = nested_config(UNetConfig, self.unet, "ClassifierConfig.unet")
         if isinstance(self.class_names, list):  # as read back from JSON
             self.class_names = tuple(self.class_names)
         names = self.class_names

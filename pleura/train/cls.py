@@ -13,7 +13,7 @@ import csv
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from pleura.atomic import write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
 from pleura.labels import DENSE, DIAGNOSES, get_schema, recorded_schema
 from pleura.metrics.classification import classification_metrics
-from pleura.models import ReverseTransferClassifier, UNet, UNetConfig
+from pleura.models import ClassifierConfig, ReverseTransferClassifier, UNet
+from pleura.models.config import nested_config
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
 from pleura.train.distributed import DistEnv, all_gather_objects
@@ -40,18 +41,26 @@ SCRATCH_SCHEMA = DENSE  # the schema a U-Net trained from scratch predicts (its 
 
 @dataclass
 class ClsTrainConfig(LoopConfig):
-    """Hyperparameters of ``train-cls`` (the loop's shared ones are in ``LoopConfig``)."""
+    """Hyperparameters of ``train-cls``: the start and schedule here, the classifier in ``model``, the loop's in
+    ``LoopConfig``.
+
+    Example:
+        >>> ClsTrainConfig(init="dense:runs/dense", model=ClassifierConfig(tap="bottleneck"))
+    """
 
     init: str = "scratch"  # dense:RUN, sparse:RUN (a train-seg run) or scratch
-    tap: str = "logits+decoder"  # what the head reads: logits, decoder, logits+decoder or bottleneck
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)  # head and tap; its U-Net is used for scratch
     freeze_epochs: int = 0  # epochs training the head on a frozen U-Net before unfreezing it
     body_lr_factor: float = 0.1  # the U-Net's learning rate relative to the head's
     group: str = "patient_id"  # column that groups frames for validation splits and folds
-    width: int = 16  # U-Net width when training from scratch (pretrained runs bring their own)
-    depth: int = 4  # U-Net depth when training from scratch
     epochs: int = 20  # maximum epochs per fold (train-cls's default; the loop's is 30)
     lr: float = 1e-3  # peak learning rate of the head
     aux_seg_weight: float = 0.0  # weight of an auxiliary segmentation loss (needs masks; keeps maps meaningful)
+
+    def __post_init__(self) -> None:
+        self.model = nested_config(ClassifierConfig, self.model, "ClsTrainConfig.model")
+        if self.model.class_names != DIAGNOSES:
+            raise ValueError(f"ClsTrainConfig.model.class_names should be {DIAGNOSES} (the manifest's diagnoses)")
 
     def init_kind(self) -> tuple[str, Path | None]:
         """``(kind, run folder)`` of ``init``, checked."""
@@ -91,7 +100,7 @@ class BalancedSampler(Sampler[int]):
 class ClsTrainer(Trainer):
     """Trains a reverse-transfer classifier on ``rows`` of a manifest dataset (one fold's training part)."""
 
-    resume_keys = ("init", "tap", "freeze_epochs", "aux_seg_weight", "seed", "batch_size", "epochs", "width", "depth")
+    resume_keys = ("init", "model", "freeze_epochs", "aux_seg_weight", "seed", "batch_size", "epochs")
     kind = "classification"
     cfg: ClsTrainConfig
 
@@ -123,7 +132,7 @@ class ClsTrainer(Trainer):
         # the auxiliary segmentation learns the schema the U-Net predicts (dense for scratch)
         seg_schema = self.kind_ if self.kind_ != "scratch" else SCRATCH_SCHEMA.name
         self.seg_schema = seg_schema if cfg.aux_seg_weight > 0 else None
-        if self.seg_schema is not None and cfg.tap == "bottleneck":
+        if self.seg_schema is not None and cfg.model.tap == "bottleneck":
             raise TrainError("--aux-seg-weight needs a tap that runs the decoder; the bottleneck tap does not")
         aug = default_augmentation(self.seg_schema) if cfg.augment else None
         train = LUSDataset(self.data, self.seg_schema, transform=aug, rows=train_rows, seed=cfg.seed)
@@ -142,18 +151,19 @@ class ClsTrainer(Trainer):
 
     def build_model(self) -> ReverseTransferClassifier:
         """The ``Trainer.build_model`` hook: a classifier on the ``--init`` run's best U-Net, or on a fresh one."""
-        cfg = self.cfg
+        m = self.cfg.model
+        head = {f.name: getattr(m, f.name) for f in fields(m) if f.name != "unet"}
         if self.init_run is not None:
             path = self.init_run / "best" / "model.safetensors"
-            return ReverseTransferClassifier.from_segmentation_checkpoint(path, tap=cfg.tap, num_classes=len(DIAGNOSES))
+            return ReverseTransferClassifier.from_segmentation_checkpoint(path, **head)
         s = SCRATCH_SCHEMA
-        unet = UNet(UNetConfig(num_classes=s.num_classes, width=cfg.width, depth=cfg.depth, schema=s.name))
-        return ReverseTransferClassifier(unet, tap=cfg.tap, num_classes=len(DIAGNOSES))
+        unet = UNet(replace(m.unet, in_channels=1, num_classes=s.num_classes, schema=s.name))
+        return ReverseTransferClassifier(unet, **head)
 
     def ddp_kwargs(self) -> dict[str, Any]:
         """The ``Trainer.ddp_kwargs`` hook: ``find_unused_parameters`` when some parameters get no gradients."""
         # a frozen body, or a tap that skips the segmentation head, leaves parameters without gradients
-        unused = self.cfg.tap in ("bottleneck", "decoder") and self.cfg.aux_seg_weight == 0
+        unused = self.cfg.model.tap in ("bottleneck", "decoder") and self.cfg.aux_seg_weight == 0
         return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or unused}
 
     def make_optimizer(self, net: ReverseTransferClassifier) -> torch.optim.Optimizer:
@@ -170,7 +180,7 @@ class ClsTrainer(Trainer):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The ``Trainer.checkpoint_meta`` hook: the init, tap and class names, stored beside the weights."""
-        return {"init": self.cfg.init, "tap": self.cfg.tap, "class_names": list(DIAGNOSES)}
+        return {"init": self.cfg.init, "tap": self.cfg.model.tap, "class_names": list(DIAGNOSES)}
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """The ``Trainer.train_step`` hook: one step on cross-entropy (plus the auxiliary segmentation loss, if

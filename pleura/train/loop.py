@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,9 +56,39 @@ class LoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoopConfig:
-        """The config from a dict (e.g. ``config.json``'s ``train``), ignoring keys that are not fields of ``cls``."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The config from a dict (e.g. ``config.json``'s ``train``), ignoring keys that are not fields of ``cls``.
+
+        Runs written before the model config was nested kept its fields (``width``, ``depth``...) at the top
+        level; they are gathered into ``model`` so such a run still resumes.
+        """
+        own = {f.name: f for f in fields(cls)}
+        d = dict(d)
+        factory = own["model"].default_factory if "model" in own else None
+        if callable(factory) and "model" not in d:
+            legacy = _legacy_fields(factory(), d, set(own))
+            if legacy:
+                d["model"] = legacy
+        return cls(**{k: v for k, v in d.items() if k in own})
+
+
+def _legacy_fields(config: Any, d: dict[str, Any], taken: set[str]) -> dict[str, Any]:
+    """The fields of ``config`` (and of the configs nested in it) that ``d`` holds at its top level, as
+    ``config``'s nested dict; names in ``taken`` belong to the outer config."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if is_dataclass(value):
+            sub = _legacy_fields(value, d, taken)
+            if sub:
+                out[f.name] = sub
+        elif f.name in d and f.name not in taken:
+            out[f.name] = d[f.name]
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A config value as ``config.json`` holds it (a nested dataclass as its dict), for comparisons."""
+    return json.loads(json.dumps(asdict(value) if is_dataclass(value) else value))
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -197,12 +227,13 @@ class Trainer:
         if resume:
             if not cfg_path.exists():
                 raise TrainError(f"{self.out}: nothing to resume (no config.json; start the run without --resume)")
-            old = json.loads(cfg_path.read_text())["train"]
+            old = type(self.cfg).from_dict(json.loads(cfg_path.read_text())["train"])
             for key in self.resume_keys:
-                if old.get(key) != getattr(self.cfg, key):
+                was, now = _plain(getattr(old, key)), _plain(getattr(self.cfg, key))
+                if was != now:
                     raise TrainError(
-                        f"{cfg_path}: the run was trained with {key}={old.get(key)!r} but {key}="
-                        f"{getattr(self.cfg, key)!r} was requested; resume with the same settings"
+                        f"{cfg_path}: the run was trained with {key}={was!r} but {key}={now!r} was requested; "
+                        "resume with the same settings"
                     )
             if self.env.is_main:
                 self._recover_run_folder()

@@ -7,7 +7,7 @@ mixed precision on CUDA) is the shared loop in ``pleura.train.loop``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from pleura.data import LUSDataset, default_augmentation, image_size, read_manif
 from pleura.labels import get_schema
 from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import UNet, UNetConfig
+from pleura.models.config import nested_config
 from pleura.train.distributed import all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
@@ -27,28 +28,24 @@ __all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "scan_masks
 
 @dataclass
 class SegTrainConfig(LoopConfig):
-    """Hyperparameters of ``train-seg`` (the loop's shared ones are in ``LoopConfig``)."""
+    """Hyperparameters of ``train-seg``: the loss and schema here, the U-Net in ``model``, the loop's in ``LoopConfig``.
 
-    schema: str = "dense"  # label schema to learn: dense or sparse
+    Example:
+        >>> SegTrainConfig(schema="sparse", model=UNetConfig(width=32, depth=4))
+    """
+
+    schema: str = "dense"  # label schema to learn: dense or sparse (sizes the model's head)
     dice_weight: float = 1.0  # loss = weighted CE + dice_weight * soft Dice
     class_weighting: str = "sqrt_inverse"  # none, inverse or sqrt_inverse pixel frequency
-    width: int = 16  # U-Net channels at the first level (64 = the classic U-Net)
-    depth: int = 4  # U-Net down-steps
-    norm: str = "batch"  # normalisation: batch, instance, group or none
-    upsample: str = "transpose"  # decoder up-sampling: transpose or bilinear
+    model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; its classes and schema follow ``schema``
+
+    def __post_init__(self) -> None:
+        self.model = nested_config(UNetConfig, self.model, "SegTrainConfig.model")
 
     def model_config(self) -> UNetConfig:
-        """The U-Net's configuration: one input channel and the schema's classes, at this width and depth."""
+        """The U-Net's configuration: ``model`` with one input channel and the schema's classes."""
         schema = get_schema(self.schema)
-        return UNetConfig(
-            in_channels=1,
-            num_classes=schema.num_classes,
-            width=self.width,
-            depth=self.depth,
-            norm=self.norm,
-            upsample=self.upsample,
-            schema=schema.name,
-        )
+        return replace(self.model, in_channels=1, num_classes=schema.num_classes, schema=schema.name)
 
 
 def scan_masks(dataset: LUSDataset, num_classes: int) -> np.ndarray:
@@ -67,7 +64,7 @@ class SegTrainer(Trainer):
         >>> SegTrainer(SegTrainConfig(schema="dense", epochs=5), "data/sim", "runs/dense", env).fit()  # doctest: +SKIP
     """
 
-    resume_keys = ("schema", "width", "depth", "norm", "upsample", "seed", "batch_size", "epochs")
+    resume_keys = ("schema", "model", "seed", "batch_size", "epochs")
     kind = "segmentation"
     cfg: SegTrainConfig
 

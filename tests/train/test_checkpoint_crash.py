@@ -25,7 +25,7 @@ from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv
 from pleura.train.seg import SegTrainConfig, SegTrainer
 
-TINY = {"width": 4, "depth": 2, "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
+TINY = {"model": UNetConfig(width=4, depth=2), "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
 
 
 class Killed(BaseException):
@@ -315,6 +315,7 @@ import os, sys
 from pathlib import Path
 import torch
 from pleura.train.distributed import DistEnv
+from pleura.models import UNetConfig
 from pleura.train.seg import SegTrainConfig, SegTrainer
 
 seen = 0
@@ -350,7 +351,9 @@ def test_resume_after_a_real_kill_between_the_two_renames(tiny_data, straight, t
 @pytest.mark.slow
 def test_torchrun_resume_restores_a_checkpoint_cut_between_the_renames(tiny_data, tmp_path, torchrun_cpu):
     run = tmp_path / "run"
-    cfg = SegTrainConfig(schema="sparse", width=4, depth=2, batch_size=2, epochs=2)  # as the command line below
+    cfg = SegTrainConfig(
+        schema="sparse", model=UNetConfig(width=4, depth=2), batch_size=2, epochs=2
+    )  # as the command line below
     with pytest.raises(KeyboardInterrupt):
         SegTrainer(cfg, tiny_data, run, DistEnv(), progress=Interrupt(1)).fit()
     (run / "last").rename(run / ".last.tmp-4242")  # killed between 'last -> .old' and '.tmp -> last' ...

@@ -23,7 +23,7 @@ from pleura.train.distributed import DistEnv
 from pleura.train.losses import class_weights, segmentation_loss
 from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
 
-TINY = {"width": 4, "depth": 2, "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
+TINY = {"model": UNetConfig(width=4, depth=2), "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pleura.cli import app
 from pleura.labels import DIAGNOSES
+from pleura.models import ClassifierConfig, UNetConfig
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train.cls import BalancedSampler, ClsTrainConfig, train_kfold
 from pleura.train.distributed import DistEnv
@@ -29,7 +30,7 @@ def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("cls")
     write_dataset(SimulationConfig(n=18, seed=4, size=64, frames=2, workers=1), root / "ds")
     for schema in ("dense", "sparse"):
-        cfg = SegTrainConfig(schema=schema, epochs=1, width=4, depth=2, batch_size=4)
+        cfg = SegTrainConfig(schema=schema, epochs=1, model=UNetConfig(width=4, depth=2), batch_size=4)
         SegTrainer(cfg, root / "ds", root / schema, DistEnv()).fit()
     return root / "ds", root / "dense", root / "sparse"
 
@@ -128,7 +129,9 @@ def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_p
     assert all(np.isfinite(s["best_val_score"]) for s in summary)
     config = json.loads((tmp_path / "aux" / "fold0" / "config.json").read_text())
     assert config["train"]["aux_seg_weight"] == 0.5
-    bad = ClsTrainConfig(init=f"sparse:{sparse}", epochs=1, tap="bottleneck", aux_seg_weight=0.5)
+    bad = ClsTrainConfig(
+        init=f"sparse:{sparse}", epochs=1, model=ClassifierConfig(tap="bottleneck"), aux_seg_weight=0.5
+    )
     with pytest.raises(TrainError, match="needs a tap that runs the decoder"):
         train_kfold(bad, data, tmp_path / "bad", DistEnv(), folds=3)
 
@@ -136,7 +139,9 @@ def test_auxiliary_segmentation_loss_trains_and_needs_a_decoder_tap(setup, tmp_p
 @pytest.mark.slow
 def test_kfold_resume_keeps_finished_folds(setup, tmp_path):
     data, _, _ = setup
-    cfg = ClsTrainConfig(init="scratch", epochs=1, batch_size=4, width=4, depth=2)
+    cfg = ClsTrainConfig(
+        init="scratch", epochs=1, batch_size=4, model=ClassifierConfig(unet=UNetConfig(width=4, depth=2))
+    )
     train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3)
     stamp = (tmp_path / "run" / "fold1" / "test_predictions.csv").stat().st_mtime_ns
     (tmp_path / "run" / "fold2" / "test_predictions.csv").unlink()  # as if interrupted in fold 2

@@ -1,9 +1,8 @@
-"""eval-seg and the dense-vs-sparse experiment, end to end on tiny simulated data."""
+"""eval-seg (pleura.evaluate.seg), end to end on tiny simulated data."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ from typer.testing import CliRunner
 
 from pleura.cli import app
 from pleura.evaluate.seg import evaluate_segmentation, load_segmenter
-from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
 from pleura.labels import SPARSE
+from pleura.models import UNetConfig
 from pleura.models.checkpoint import CheckpointError
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train.distributed import DistEnv
@@ -28,7 +27,7 @@ def dense_run(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ev")
     data = root / "ds"
     write_dataset(SimulationConfig(n=6, seed=2, size=64, workers=1), data)
-    cfg = SegTrainConfig(schema="dense", epochs=1, width=4, depth=2, batch_size=4)
+    cfg = SegTrainConfig(schema="dense", epochs=1, model=UNetConfig(width=4, depth=2), batch_size=4)
     SegTrainer(cfg, data, root / "run", DistEnv()).fit()
     return root / "run", data
 
@@ -63,18 +62,3 @@ def test_eval_seg_refuses_a_checkpoint_of_another_schema(dense_run):
         evaluate_segmentation(run, data, schema="sparse")
     result = runner.invoke(app, ["eval-seg", "--run", str(run / "nowhere"), "--data", str(data)])
     assert result.exit_code == 2 and "nowhere" in result.output and "does not exist" in result.output
-
-
-def test_dense_vs_sparse_experiment_end_to_end(tmp_path):
-    cfg = DenseVsSparseConfig(seeds=(0, 1), train_clips=6, test_clips=3, size=64, epochs=1, width=4, depth=2)
-    results = run_experiment(tmp_path, cfg, DistEnv())
-    report = (tmp_path / "report.md").read_text()
-    assert "simulated" in report and "| mean IoU |" in report
-    for link in re.findall(r"\]\(([^)]+)\)", report):
-        assert (tmp_path / link).exists(), link
-    assert len(results["table"]["dense"]["mean_iou"]["values"]) == 2
-    assert (tmp_path / "runs" / "sparse-seed1" / "eval.json").exists()
-    # a rerun reuses data and finished runs
-    before = (tmp_path / "runs" / "dense-seed0" / "summary.json").stat().st_mtime_ns
-    run_experiment(tmp_path, cfg, DistEnv())
-    assert (tmp_path / "runs" / "dense-seed0" / "summary.json").stat().st_mtime_ns == before
