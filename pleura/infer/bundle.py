@@ -30,7 +30,6 @@ from pleura.postprocess.ood import OODDetector
 
 BUNDLE_KIND = "pleura-predictor"
 OOD_BATCH = 32  # frames per forward pass when computing pooled features for the OOD fit
-SAVE_ATTEMPTS = 32  # saves tried by refit_ood until the weights file is byte-identical to the original
 log = logging.getLogger(__name__)
 
 
@@ -145,18 +144,13 @@ def refit_ood(
 
 
 def _save_keeping_weights(model: nn.Module, source: Path, out: Path, meta: dict) -> Path:
-    """``save_model(model, out, metadata=meta)``, with the weights file byte-identical to ``source``'s.
-
-    The tensors are the same, but safetensors writes its header's small metadata map in hash-map order, which
-    changes from call to call; the file is saved again (at most ``SAVE_ATTEMPTS`` times) until its bytes are the
-    original ones, so that refitting the detector leaves a shipped weights file untouched.
-    """
+    """``save_model(model, out, metadata=meta)``, checking the weights file stays byte-identical to ``source``'s
+    (the same tensors, and ``save_model`` writes deterministic bytes), so refitting the detector leaves a shipped
+    weights file untouched."""
     original = source.with_suffix(".safetensors").read_bytes()
-    for _ in range(SAVE_ATTEMPTS):
-        path = save_model(model, out, metadata=meta)
-        if path.read_bytes() == original:
-            return path
-    log.warning("%s: saved with the same tensors, but its header bytes differ from %s's", path, source)
+    path = save_model(model, out, metadata=meta)
+    if path.read_bytes() != original:
+        log.warning("%s: saved with the same tensors, but its bytes differ from %s's", path, source)
     return path
 
 

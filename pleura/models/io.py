@@ -74,7 +74,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict | None 
     tensors = {k: v.detach().to("cpu", copy=False).contiguous() for k, v in model.state_dict().items()}
     from safetensors.torch import save
 
-    blob = save(tensors, metadata={"format": "pt", "pleura_format": FORMAT})
+    # one header entry only: safetensors writes its metadata map in hash order, so two entries would make the
+    # bytes differ from save to save; pleura's format lives in the JSON sidecar
+    blob = save(tensors, metadata={"format": "pt"})
     record = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

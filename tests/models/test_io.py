@@ -110,6 +110,14 @@ def test_weights_file_is_safetensors(saved):
         assert torch.equal(tensors[key], value), key
 
 
+def test_saving_the_same_model_twice_writes_the_same_bytes(saved, tmp_path):
+    """Deterministic files: a refit of a shipped model's metadata leaves its weights file byte for byte."""
+    model, path = saved
+    for i in range(5):  # safetensors orders a header map of several entries differently from run to run
+        again = save_model(model, tmp_path / f"again{i}" / "model.safetensors", {"epoch": 3, "val_dice": 0.5})
+        assert again.read_bytes() == path.read_bytes()
+
+
 def test_no_pickle_is_used(saved, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("load_model must not unpickle")
