@@ -51,7 +51,13 @@ class DenseVsSparseConfig:
     patience: int = 100  # no early stopping by default: both schemas get the full budget
     data_seed: int = 1000  # simulation seed of the training set; the test set uses data_seed + 1
     style: str = "physics"  # simulator output style (pocus: fitted to real POCUS frames)
+    train_data: str | None = None  # a dataset with dense and sparse masks (import-annotations --densify) instead
+    test_data: str | None = None  # of simulating; both or neither
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.train_data is None) != (self.test_data is None):
+            raise ValueError("give both --train-data and --test-data (imported datasets), or neither (simulated)")
 
     def train_config(self, schema: str, seed: int) -> SegTrainConfig:
         """Training settings of one run: this schema and seed, with the budget shared by both schemas."""
@@ -105,6 +111,18 @@ def _run_done(run: Path, cfg: SegTrainConfig, data: Path) -> bool:
         return False
 
 
+def check_both_schemas(*datasets: Path) -> None:
+    """Each dataset has dense and sparse masks for every frame (an import with ``--densify`` writes both)."""
+    for data in datasets:
+        rows = read_manifest(data)
+        missing = [c for c in ("mask_dense", "mask_sparse") if c not in rows[0]]
+        if missing:
+            raise ValueError(
+                f"{data}: no {' or '.join(missing)} column; dense-vs-sparse needs both masks for each frame "
+                "(pleura data import-annotations ... --densify writes them)"
+            )
+
+
 def run_experiment(
     out: str | Path, cfg: DenseVsSparseConfig, env: DistEnv, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -112,13 +130,17 @@ def run_experiment(
     out = Path(out)
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    common = {"size": cfg.size, "frames": cfg.frames, "probe": "mixed", "style": cfg.style}
-    train_data = simulate_cached(
-        out / "data" / "train", SimulationConfig(n=cfg.train_clips, seed=cfg.data_seed, **common)
-    )
-    test_data = simulate_cached(
-        out / "data" / "test", SimulationConfig(n=cfg.test_clips, seed=cfg.data_seed + 1, **common)
-    )
+    if cfg.train_data is not None and cfg.test_data is not None:
+        train_data, test_data = Path(cfg.train_data), Path(cfg.test_data)
+        check_both_schemas(train_data, test_data)
+    else:
+        common = {"size": cfg.size, "frames": cfg.frames, "probe": "mixed", "style": cfg.style}
+        train_data = simulate_cached(
+            out / "data" / "train", SimulationConfig(n=cfg.train_clips, seed=cfg.data_seed, **common)
+        )
+        test_data = simulate_cached(
+            out / "data" / "test", SimulationConfig(n=cfg.test_clips, seed=cfg.data_seed + 1, **common)
+        )
     evals: dict[str, list[dict[str, Any]]] = {s: [] for s in SCHEMAS}
     runs: dict[str, list[str]] = {s: [] for s in SCHEMAS}
     for seed in cfg.seeds:
@@ -185,13 +207,23 @@ def report_markdown(results: dict[str, Any]) -> str:
     """The experiment's report: setup, table (mean ± std over seeds), verdict per class, figures."""
     cfg, t, p = results["config"], results["table"], results["paired"]
     n = len(cfg["seeds"])
+    if cfg.get("train_data"):
+        data = (
+            f"**The data are imported** (your labels): training {results['train_frames']} frames of "
+            f"`{cfg['train_data']}` (20% of clips held out for validation); test: {results['test_frames']} frames of "
+            f"`{cfg['test_data']}`; U-Net width"
+        )
+    else:
+        data = (
+            "**The data are simulated** (pleura's B-mode simulator, exact labels). "
+            f"Training: {results['train_frames']} frames ({cfg['train_clips']} clips, 20% of clips held out for "
+            f"validation); test: {results['test_frames']} frames of {cfg['test_clips']} other clips; {cfg['size']}x"
+            f"{cfg['size']} px; U-Net width"
+        )
     lines = [
         "# Dense versus sparse labels: false positives of a U-Net",
         "",
-        "**The data are simulated** (pleura's B-mode simulator, exact labels). "
-        f"Training: {results['train_frames']} frames ({cfg['train_clips']} clips, 20% of clips held out for "
-        f"validation); test: {results['test_frames']} frames of {cfg['test_clips']} other clips; {cfg['size']}x"
-        f"{cfg['size']} px; U-Net width {cfg['width']}, depth {cfg['depth']}; {cfg['epochs']} epochs, batch "
+        data + f" {cfg['width']}, depth {cfg['depth']}; {cfg['epochs']} epochs, batch "
         f"{cfg['batch_size']}, lr {cfg['lr']}; seeds {', '.join(map(str, cfg['seeds']))}. Both schemas see the "
         "same images, budget and seeds; every prediction is mapped to the sparse schema and scored there. "
         f"Mean ± standard deviation over {n} seeds. " + training_line(results),

@@ -7,21 +7,25 @@ mixed precision on CUDA) is the shared loop in ``pleura.train.loop``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from pleura.data import LUSDataset, default_augmentation, image_size, read_manifest, split_by_group
 from pleura.labels import get_schema
 from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import UNet, UNetConfig
 from pleura.models.config import nested_config
-from pleura.train.distributed import all_reduce_sum
+from pleura.train.distributed import DistEnv, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
+from pleura.train.samplers import WeightedSampler
 
 __all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "scan_masks"]
 
@@ -38,9 +42,16 @@ class SegTrainConfig(LoopConfig):
     dice_weight: float = 1.0  # loss = weighted CE + dice_weight * soft Dice
     class_weighting: str = "sqrt_inverse"  # none, inverse or sqrt_inverse pixel frequency
     model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; its classes and schema follow ``schema``
+    init: str = ""  # start from this U-Net: a train-seg run, a model file (a classifier's U-Net too); "" = random
+    data_weights: tuple[float, ...] = ()  # sampling weight of each dataset; () = in proportion to their frames
 
     def __post_init__(self) -> None:
         self.model = nested_config(UNetConfig, self.model, "SegTrainConfig.model")
+        self.data_weights = tuple(float(w) for w in self.data_weights)
+        if any(not math.isfinite(w) or w < 0 for w in self.data_weights) or (
+            self.data_weights and sum(self.data_weights) <= 0
+        ):
+            raise ValueError(f"data weights should be non-negative numbers, not all 0, got {self.data_weights}")
 
     def model_config(self) -> UNetConfig:
         """The U-Net's configuration: ``model`` with one input channel and the schema's classes."""
@@ -64,42 +75,116 @@ class SegTrainer(Trainer):
         >>> SegTrainer(SegTrainConfig(schema="dense", epochs=5), "data/sim", "runs/dense", env).fit()  # doctest: +SKIP
     """
 
-    resume_keys = ("schema", "model", "seed", "batch_size", "epochs")
+    resume_keys = ("schema", "model", "init", "data_weights", "seed", "batch_size", "epochs")
     kind = "segmentation"
     cfg: SegTrainConfig
 
-    def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
-        """The ``Trainer.setup`` hook: splits the manifest by clip and checks every mask, counting class pixels for
+    def __init__(
+        self,
+        cfg: SegTrainConfig,
+        data: str | Path | Sequence[str | Path],
+        out: str | Path,
+        env: DistEnv,
+        progress: Progress | None = None,
+    ) -> None:
+        sources = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+        if not sources:
+            raise TrainError("train-seg needs at least one dataset (--data)")
+        if cfg.data_weights and len(cfg.data_weights) != len(sources):
+            raise TrainError(f"--data-weights gives {len(cfg.data_weights)} weights for {len(sources)} datasets")
+        super().__init__(cfg, sources[0], out, env, progress)
+        self.sources = sources
+
+    def setup(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
+        """The ``Trainer.setup`` hook: splits each dataset by clip and checks every mask, counting class pixels for
         the loss weights.
 
         Returns:
-            The training and validation datasets, and the model config, split and class statistics for
-            ``config.json``.
+            The training and validation datasets (several datasets concatenated), and the model config, split
+            and class statistics for ``config.json``.
         """
         cfg = self.cfg
         self.schema = get_schema(cfg.schema)
-        rows = read_manifest(self.data)
-        train_rows, val_rows = split_by_group(rows, cfg.val_fraction, seed=cfg.seed, group="clip_id")
         aug = default_augmentation(cfg.schema) if cfg.augment else None
-        train = LUSDataset(self.data, cfg.schema, transform=aug, rows=train_rows, seed=cfg.seed)
-        val = LUSDataset(self.data, cfg.schema, rows=val_rows)
-        counts = scan_masks(train, self.schema.num_classes)  # validates every mask before training
-        scan_masks(val, self.schema.num_classes)
+        trains, vals, size = [], [], None
+        counts = np.zeros(self.schema.num_classes, dtype=np.int64)
+        for src in self.sources:
+            rows = read_manifest(src)
+            if f"mask_{cfg.schema}" not in rows[0]:
+                raise TrainError(
+                    f"{src}: the manifest has no mask_{cfg.schema} column; these frames have no {cfg.schema} "
+                    "masks (import with --densify for dense ones, or pick --schema)"
+                )
+            this = image_size(src, rows)
+            if size is not None and this != size:
+                raise TrainError(f"{src}: frames are {this[1]}x{this[0]} px but {self.sources[0]}'s are "
+                                 f"{size[1]}x{size[0]}; datasets trained together need one size")  # fmt: skip
+            size = this
+            train_rows, val_rows = split_by_group(rows, cfg.val_fraction, seed=cfg.seed, group="clip_id")
+            trains.append(LUSDataset(src, cfg.schema, transform=aug, rows=train_rows, seed=cfg.seed))
+            vals.append(LUSDataset(src, cfg.schema, rows=val_rows))
+            counts += scan_masks(trains[-1], self.schema.num_classes)  # validates every mask before training
+            scan_masks(vals[-1], self.schema.num_classes)
         self.weights = class_weights(counts, cfg.class_weighting).to(self.device)
+        self.source_sizes = [len(t) for t in trains]
+        self.init_model = self._read_init() if cfg.init else None
         info = {
             "model": asdict(cfg.model_config()),
-            "train_frames": len(train),
-            "val_frames": len(val),
-            "image_size": list(image_size(self.data, rows)),
-            "val_clips": sorted({r["clip_id"] for r in val.rows}),
+            "init": cfg.init and str(Path(cfg.init).resolve()),
+            "train_frames": sum(self.source_sizes),
+            "val_frames": sum(len(v) for v in vals),
+            "image_size": list(size),
+            "val_clips": sorted({r["clip_id"] for v in vals for r in v.rows}),
             "class_pixel_counts": counts.tolist(),
             "class_weights": self.weights.cpu().tolist(),
+            "sources": [
+                {"data": str(src.resolve()), "train_frames": len(t), "val_frames": len(v)}
+                for src, t, v in zip(self.sources, trains, vals, strict=True)
+            ],
         }
-        return train, val, info
+        concat = (lambda parts: parts[0]) if len(trains) == 1 else ConcatDataset
+        return concat(trains), concat(vals), info
+
+    def _read_init(self) -> UNet:
+        """The ``init`` U-Net (a run's best checkpoint, or a model file; a classifier gives its U-Net); its
+        architecture must be ``model``'s (``build_model`` replaces its head when it learnt another schema)."""
+        from pleura.models import ReverseTransferClassifier, load_model
+        from pleura.models.checkpoint import read_checkpoint
+
+        path = Path(self.cfg.init)
+        if path.is_dir():
+            model, _ = read_checkpoint(path / "best" if (path / "best").is_dir() else path)
+        elif path.exists():
+            model, _ = load_model(path)
+        else:
+            raise TrainError(f"--init {path}: no such run folder or model file")
+        unet = model.unet if isinstance(model, ReverseTransferClassifier) else model
+        if not isinstance(unet, UNet):
+            raise TrainError(f"--init {path}: holds a {type(model).__name__}, not a U-Net or a classifier on one")
+        want, have = self.cfg.model_config(), unet.config
+        for key in ("in_channels", "width", "depth", "norm", "upsample"):
+            if getattr(want, key) != getattr(have, key):
+                raise TrainError(f"--init {path}: its U-Net has {key}={getattr(have, key)!r} but {key}="
+                                 f"{getattr(want, key)!r} was asked; pass the init's architecture")  # fmt: skip
+        return unet
+
+    def make_sampler(self, train: Dataset) -> Sampler:
+        """The ``Trainer.make_sampler`` hook: one dataset is shuffled as usual; several are mixed by ``data_weights``
+        (each dataset's share of the draws), every frame of a dataset equally likely."""
+        if len(self.sources) == 1:
+            return super().make_sampler(train)
+        shares = self.cfg.data_weights or tuple(float(n) for n in self.source_sizes)
+        per_item = np.concatenate([np.full(n, w / n) for w, n in zip(shares, self.source_sizes, strict=True)])
+        return WeightedSampler(per_item, self.env, seed=self.cfg.seed)
 
     def build_model(self) -> UNet:
-        """The ``Trainer.build_model`` hook: a U-Net of ``cfg.model_config()``."""
-        return UNet(self.cfg.model_config())
+        """The ``Trainer.build_model`` hook: a U-Net of ``cfg.model_config()``, or the ``init`` one."""
+        want, unet = self.cfg.model_config(), self.init_model
+        if unet is None:
+            return UNet(want)
+        if (unet.config.num_classes, unet.config.schema) != (want.num_classes, want.schema):
+            unet.reset_head(want.num_classes, want.schema)  # another schema: a fresh head (seeded) on learnt features
+        return unet
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The ``Trainer.checkpoint_meta`` hook: the label schema, stored beside the weights."""

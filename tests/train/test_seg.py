@@ -153,3 +153,80 @@ def test_torchrun_two_cpu_processes_end_identical(tiny_data, tmp_path, torchrun_
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.fixture(scope="module")
+def other_data(tmp_path_factory) -> Path:
+    return simulated(tmp_path_factory, "seg-other", n=6, seed=12, size=64, frames=1, workers=1)
+
+
+def test_two_datasets_train_together_with_sampling_weights(tiny_data, other_data, tmp_path):
+    cfg = SegTrainConfig(**{**TINY, "epochs": 1, "augment": False}, data_weights=(0.9, 0.1))
+    trainer = SegTrainer(cfg, [tiny_data, other_data], tmp_path / "run", DistEnv())
+    trainer.fit()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    sizes = [s["train_frames"] for s in config["sources"]]
+    assert [Path(s["data"]) for s in config["sources"]] == [tiny_data.resolve(), other_data.resolve()]
+    assert config["train_frames"] == sum(sizes) and config["train"]["data_weights"] == [0.9, 0.1]
+    draws = np.array(list(trainer.make_sampler(None)))  # the mix the weights ask for, not the sets' sizes
+    assert abs((draws < sizes[0]).mean() - 0.9) < 0.2 and len(draws) == sum(sizes)
+    with pytest.raises(TrainError, match="gives 1 weights for 2 datasets"):
+        SegTrainer(SegTrainConfig(**TINY, data_weights=(1.0,)), [tiny_data, other_data], tmp_path / "x", DistEnv())
+
+
+def test_datasets_of_other_sizes_or_without_the_schema_are_named(tiny_data, tmp_path):
+    small = tmp_path / "small"
+    write_dataset(SimulationConfig(n=2, seed=1, size=96, frames=1, workers=1), small)
+    with pytest.raises(TrainError, match=r"small: frames are 96x96 px but .* are 64x64"):
+        SegTrainer(SegTrainConfig(**TINY), [tiny_data, small], tmp_path / "run", DistEnv()).fit()
+    rows = list(csv.DictReader((small / "manifest.csv").open()))
+    with (small / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "mask_dense"])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in r.items() if k != "mask_dense"} for r in rows)
+    with pytest.raises(TrainError, match="no mask_dense column"):
+        SegTrainer(SegTrainConfig(**TINY, schema="dense"), small, tmp_path / "run2", DistEnv()).fit()
+
+
+def test_init_from_a_run_of_another_schema_keeps_the_body_and_replaces_the_head(tiny_data, tmp_path):
+    dense = tmp_path / "dense"
+    SegTrainer(SegTrainConfig(**{**TINY, "epochs": 1}, schema="dense"), tiny_data, dense, DistEnv()).fit()
+    source, _ = read_checkpoint(dense / "best")
+    cfg = SegTrainConfig(**{**TINY, "epochs": 1, "lr": 1e-12}, schema="sparse", init=str(dense))
+    SegTrainer(cfg, tiny_data, tmp_path / "tuned", DistEnv()).fit()
+    tuned, _ = read_checkpoint(tmp_path / "tuned" / "last")
+    assert tuned.config.num_classes == 4 and tuned.config.schema == "sparse"
+    stem = "stem.block.0.weight" if "stem.block.0.weight" in tuned.state_dict() else next(iter(tuned.state_dict()))
+    assert torch.allclose(tuned.state_dict()[stem], source.state_dict()[stem], atol=1e-6)  # lr ~0: body kept
+    with pytest.raises(TrainError, match="its U-Net has width=4 but width=8 was asked"):
+        SegTrainer(SegTrainConfig(model=UNetConfig(width=8, depth=2), init=str(dense)), tiny_data, tmp_path / "w",
+                   DistEnv()).fit()  # fmt: skip
+
+
+def test_cli_mixes_datasets_and_starts_from_a_model_file(tiny_data, other_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from pleura.cli import app
+
+    runner = CliRunner(env={"COLUMNS": "300"})
+    base = ["train-seg", "--width", "4", "--depth", "2", "--epochs", "1", "--batch-size", "4"]
+    first = runner.invoke(app, [*base, "--data", str(tiny_data), "--out", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    model_file = tmp_path / "a" / "best" / "model.safetensors"
+    args = [
+        *base,
+        "--data",
+        str(tiny_data),
+        "--data",
+        str(other_data),
+        "--data-weights",
+        "1,3",
+        "--init",
+        str(model_file),
+    ]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert len(config["sources"]) == 2 and config["init"] == str(model_file.resolve())
+    bad = runner.invoke(app, [*base, "--data", str(tiny_data), "--data-weights", "x", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--data-weights must be comma-separated numbers" in bad.output
