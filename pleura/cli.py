@@ -177,9 +177,23 @@ class _EpochProgress:
 
 @app.command("train-seg")
 def train_seg(
-    data: Path = typer.Option(..., "--data", help="Manifest dataset folder (e.g. from pleura simulate).", **DATASET),
+    data: list[Path] = typer.Option(
+        ...,
+        "--data",
+        help="Manifest dataset folder (pleura simulate, data import-annotations); repeat to mix.",
+        **DATASET,
+    ),
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     schema: str = typer.Option("dense", "--schema", help="dense or sparse labels."),
+    data_weights: str = typer.Option(
+        "", "--data-weights", help="Share of each --data in the draws, e.g. 0.5,0.5; default: by frame count."
+    ),
+    init: Path = typer.Option(
+        None,
+        "--init",
+        help="Start from this U-Net: a train-seg run or a model file (e.g. the foundation).",
+        exists=True,
+    ),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner).", min=1),
     batch_size: BatchSize = 8,
     lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate.", callback=_positive),
@@ -201,9 +215,14 @@ def train_seg(
     from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
 
     try:
+        try:
+            weights = tuple(float(w) for w in data_weights.split(",") if w.strip())
+        except ValueError:
+            fail(f"--data-weights must be comma-separated numbers, got {data_weights!r}")
         cfg = SegTrainConfig(
             schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, model=UNetConfig(width=width, depth=depth),
             patience=patience, seed=seed, augment=not no_augment, workers=workers, device=device,
+            init=str(init) if init is not None else "", data_weights=weights,
         )  # fmt: skip
         cfg.model_config()
         env = init_distributed(device)
@@ -501,14 +520,26 @@ def dense_vs_sparse(
     test_clips: int = typer.Option(60, "--test-clips", help="Simulated test clips.", min=1),
     size: int = typer.Option(128, "--size", help="Image side in pixels.", min=32, max=2048),
     width: int = typer.Option(16, "--width", help="U-Net width.", min=1, max=256),
+    train_data: Path = typer.Option(
+        None,
+        "--train-data",
+        help="Your dataset with dense and sparse masks (import --densify) to train on.",
+        **DATASET,
+    ),
+    test_data: Path = typer.Option(None, "--test-data", help="Your dataset to score on (other clips).", **DATASET),
     device: Device = "auto",
 ) -> None:
-    """Train dense- and sparse-label U-Nets on the same data and compare their false positives."""
+    """Train dense- and sparse-label U-Nets on the same data and compare their false positives.
+
+    Simulated by default; --train-data and --test-data run it on your own imported labels instead.
+    """
     from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig, run_experiment
 
     seed_list = _seed_list(seeds)
     config = partial(DenseVsSparseConfig, seeds=seed_list, epochs=epochs, train_clips=train_clips,
-                     test_clips=test_clips, size=size, width=width)  # fmt: skip
+                     test_clips=test_clips, size=size, width=width,
+                     train_data=str(train_data) if train_data else None,
+                     test_data=str(test_data) if test_data else None)  # fmt: skip
     _study(run_experiment, out, config, device)
 
 
