@@ -211,7 +211,7 @@ def test_cli_defaults_are_the_config_defaults():
     groups = {c.name or c.callback.__name__: c.callback for g in app.registered_groups
               for c in g.typer_instance.registered_commands}  # fmt: skip
     pairs = [
-        (commands["train-seg"], SegTrainConfig(), {"no_augment"}),
+        (commands["train-seg"], SegTrainConfig(), {"no_augment", "data_weights", "init"}),  # parsed from text
         (commands["train-cls"], ClsTrainConfig(), {"folds", "init_run"}),
         (commands["simulate"], SimulationConfig(), {"probe", "classes"}),
         (groups["import-pocus"], PocusImportConfig(), set()),
