@@ -769,6 +769,217 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+def serve(
+    model: Path = typer.Option(DEFAULT_MODEL, "--model", help="Model file (pleura export model); default: shipped."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; not loopback: needs --allow-remote."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on.", min=1, max=65535),
+    allow_remote: bool = typer.Option(
+        False, "--allow-remote", help="Let --host be an address other machines reach (no login: anyone there can)."
+    ),
+    max_upload_mb: float = typer.Option(500.0, "--max-upload-mb", help="Largest upload in MB.", callback=_positive),
+    workers: int = typer.Option(1, "--workers", help="Prediction threads, 1 or 2 (one model in memory).", min=1, max=2),
+    queue: int = typer.Option(4, "--queue", help="Requests that may wait beyond the running ones (503 past).", min=0),
+    keep: float = typer.Option(900.0, "--keep", help="Seconds a result's downloads are kept.", callback=_positive),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
+    rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = all frames.", min=0.0),
+) -> None:
+    """A local web app: drop images, clips or DICOM files, see the diagnosis, segmentation, biomarkers and score."""
+    from pleura.serve import ServeConfig, is_loopback
+    from pleura.serve import serve as run_server
+
+    if not is_loopback(host) and not allow_remote:
+        fail(f"--host {host} lets other machines reach the app, which has no login; add --allow-remote to do so")
+    if not model.is_file():
+        fail(f"{model}: model file not found; pass --model FILE (pleura export model writes one)")
+    cfg = ServeConfig(model=model, host=host, port=port, max_upload_mb=max_upload_mb, workers=workers, queue=queue,
+                      keep_s=keep, engine=engine, rate=rate or None)  # fmt: skip
+    if not is_loopback(host):
+        err.print(
+            f"[bold yellow]warning:[/] listening on {say(host)}: anyone who can reach this machine can upload files "
+            "and read results (no login, no TLS)",
+            highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    shown_host = f"[{host}]" if ":" in host else host
+    err.print(
+        f"pleura serve: http://{say(shown_host)}:{port}/ (model {say(model.name)}); research software, not a medical "
+        "device; Ctrl-C stops it",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    try:
+        run_server(cfg)
+    except (ValueError, OSError, KeyError) as e:
+        fail(f"{model}: {e}" if str(model) not in str(e) and "model" not in str(e) else str(e))
+
+
+def _problem_lines(failed: list[tuple[Path, str]], label: str = "failed") -> None:
+    """Print each ``(path, problem)`` as one yellow line on stderr."""
+    for _, problem in failed:
+        err.print(f"[yellow]{label}[/] {say(problem)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def segment(
+    inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
+    model: Path = typer.Option(
+        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+    ),
+    out: Path = typer.Option(
+        Path("segmentation"), "--out", help="Output folder (must be empty or absent unless --overwrite)."
+    ),
+    schema: str = typer.Option(None, "--schema", help="Mask schema: the model's (default) or a coarser one (sparse)."),
+    pixel_mm: float = typer.Option(
+        None, "--pixel-mm", help="mm per input pixel where a file states none (DICOM: its own).", callback=_positive
+    ),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the torch engine runs."),
+    rate: float = typer.Option(
+        10.0, "--rate", help="Frames per second segmented from clips; 0 = every frame.", min=0.0
+    ),
+    max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all.", min=0),
+    video: bool = typer.Option(True, "--video/--no-video", help="Write an overlay MP4 per clip."),
+    overwrite: Overwrite = False,
+) -> None:
+    """Segment images and clips: per-frame masks at the input's resolution, overlays with a legend, biomarkers.
+
+    Writes a folder per input (masks/frame_<index>.png, overlay.png or overlay.mp4, biomarkers.json and .csv)
+    and segment.json, clips.csv for the batch; the output folder is staged and never holds an input.
+    """
+    from pleura.atomic import check_output, staged_folder
+    from pleura.data.readers import ReadError
+    from pleura.infer.predictor import Predictor
+    from pleura.infer.segment import SegmentWriter, target_schema
+
+    files, failed = _inputs(inputs)
+    if not files:
+        for _, problem in failed[:-1]:
+            err.print(f"[bold red]error:[/] {say(problem)}", highlight=False, soft_wrap=True)
+        fail(failed[-1][1])
+    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
+    if inside:
+        fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
+    try:
+        check_output(out, overwrite)
+    except ValueError as e:
+        fail(str(e))
+    if not model.exists():
+        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
+    _problem_lines(failed)
+    total, unreadable = len(files) + len(failed), len(failed)
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(_model_file(model))
+            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
+        except (ValueError, OSError, KeyError) as e:
+            fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+        try:
+            target_schema(predictor.schema, schema)
+        except ValueError as e:
+            fail(f"--schema: {e}")
+        try:
+            with staged_folder(out, overwrite=overwrite) as tmp:
+                writer = SegmentWriter(tmp, predictor, schema=schema, video=video, pixel_mm=pixel_mm)
+                with progress_bar() as bar:
+                    task = bar.add_task("segment", total=len(files), rate="")
+                    for f in files:
+                        try:
+                            r = writer.segment(f)
+                            severity = "not scored" if r.severity is None else f"severity {r.severity}"
+                            line = f"{f}: {len(r.frames)} frames, {severity} ({r.severity_rule})"
+                            bar.console.print(say(line), highlight=False, soft_wrap=True)
+                        except (ReadError, ValueError, OSError) as e:
+                            failed.append((f, str(e) if str(f) in str(e) else f"{f}: {e}"))
+                            _problem_lines(failed[-1:])
+                        bar.advance(task)
+                writer.close(failed)
+        except (ValueError, OSError) as e:  # the output folder or the tables: nothing is left half-written
+            fail(str(e) if isinstance(e, ValueError) else f"{out}: cannot write the masks ({e.strerror or e})", 1)
+    done = len(files) - (len(failed) - unreadable)
+    typer.echo(shown(f"segmented {done} of {total} files into {out}"))
+    if failed:
+        names = ", ".join(shown(f) for f, _ in failed)
+        err.print(f"[bold red]error:[/] {len(failed)} input(s) failed: {say(names)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def score(
+    exam: Path = typer.Argument(
+        ..., help="Exam folder: one clip per zone, named by zone (R1.mp4 ... L7.mp4).", **DATASET
+    ),
+    out: Path = typer.Option(
+        Path("score"), "--out", help="Output folder (must be empty or absent unless --overwrite)."
+    ),
+    scheme: str = typer.Option("14", "--scheme", help="Zone scheme: 14 (Soldati 2020) or 12 zones."),
+    zones: Path = typer.Option(
+        None, "--zones", help="JSON file mapping file names to zones, for other names.", exists=True, dir_okay=False
+    ),
+    model: Path = typer.Option(
+        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+    ),
+    engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the torch engine runs."),
+    rate: float = typer.Option(10.0, "--rate", help="Frames per second scored from clips; 0 = every frame.", min=0.0),
+    max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per clip; 0 = all.", min=0),
+    overwrite: Overwrite = False,
+) -> None:
+    """Score an exam: the LUS severity (0-3, Soldati 2020) of every zone, the total, a chest map (CSV, MD, JSON, PNG).
+
+    Unknown, duplicate or missing zones and unreadable clips are listed and the rest is scored; the exit status
+    is non-zero only when no zone could be scored.
+    """
+    from pleura.atomic import check_output, staged_folder
+    from pleura.infer.exam import SCHEMES, ZoneResult, read_zone_map, score_exam, write_exam
+    from pleura.infer.predictor import Predictor
+
+    if scheme not in SCHEMES:
+        fail(f"--scheme should be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    files, failed = _inputs([exam])
+    if not files:
+        fail(failed[-1][1])
+    if exam.resolve().is_relative_to(out.resolve()) or out.resolve().is_relative_to(exam.resolve()):
+        fail(f"{out}: the output folder and the exam folder {exam} overlap; choose another --out")
+    try:
+        check_output(out, overwrite)
+        zone_map = read_zone_map(zones) if zones is not None else None
+    except ValueError as e:
+        fail(str(e))
+    if not model.exists():
+        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(_model_file(model))
+            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
+        except (ValueError, OSError, KeyError) as e:
+            fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+
+        def score_clip(clip: Path) -> tuple[int | None, str]:
+            r = predictor.predict(clip, keep_labels=False)
+            return r.severity, r.severity_rule
+
+        try:
+            with staged_folder(out, overwrite=overwrite) as tmp, progress_bar() as bar:
+                task = bar.add_task("score", total=len(files), rate="")
+
+                def step(clip: Path, z: ZoneResult) -> None:
+                    bar.advance(task)
+                    said = f"{z.score} ({z.rule})" if z.score is not None else z.rule
+                    text = f"{z.zone}: {said}" if str(clip) in said else f"{z.zone}: {clip}: {said}"
+                    bar.console.print(say(text), highlight=False, soft_wrap=True)
+
+                result = score_exam(files, score_clip, scheme, zone_map, root=exam, progress=step)
+                bar.update(task, completed=len(files))  # files that name no zone were never predicted
+                write_exam(result, tmp, title=shown(exam.name))
+        except (ValueError, OSError) as e:
+            fail(str(e) if isinstance(e, ValueError) else f"{out}: cannot write the score ({e.strerror or e})", 1)
+    for problem in result.problems:
+        err.print(f"[yellow]problem[/] {say(problem)}", highlight=False, soft_wrap=True)
+    n = len(result.scored)
+    if result.total is None:
+        fail(f"{exam}: no zone could be scored ({len(result.problems)} problems, listed in {out / 'score.md'})", 1)
+    typer.echo(shown(f"total {result.total} over {n} of {len(result.zones)} zones ({scheme}-zone scheme); wrote {out}"))
+
+
 def main() -> None:
     """Entry point of the ``pleura`` script."""
     try:

@@ -39,4 +39,5 @@ write_clip("clip.mp4", [np.asarray(Image.open(p).convert("L")) for p in sorted(P
 PY
 "$work/venv/bin/pleura" predict clip.mp4 --out pred
 test -s pred/predictions.json && test -s pred/clip.mp4
+"$work/venv/bin/pleura" serve --help >/dev/null && "$work/venv/bin/python" -c 'from importlib.resources import files; assert all((files("pleura.serve") / "static" / n).is_file() for n in ("index.html", "app.js", "app.css")), "pleura serve: the page is not in the wheel"'
 echo "wheel-check: $(basename "$wheel") installed outside the checkout: --version, simulate and predict (default model) ran"

@@ -2,9 +2,15 @@
 
 A file is streamed (``pleura.data.readers``): the scan area is found on the first frames, every frame is
 cleaned with it and resized as the model was trained, frames go through the engine in batches, and each
-gets calibrated class probabilities, its segmentation's biomarkers and an out-of-distribution flag (from its
-image statistics and the classifier's pooled features of the same pass: ``pleura.postprocess.ood``). The clip's
-diagnosis is the mean of its in-distribution frames' probabilities (all frames if none is).
+gets calibrated class probabilities, its segmentation (the label map, kept in the result), the map's
+biomarkers and an out-of-distribution flag (from its image statistics and the classifier's pooled features of
+the same pass: ``pleura.postprocess.ood``). The clip's diagnosis is the mean of its in-distribution frames'
+probabilities (all frames if none is); its severity score (Soldati et al. 2020,
+``pleura.postprocess.severity``) comes from the same frames' biomarkers.
+
+Biomarkers are read from the model-size map, inside the clip's scan area (a frame with no echo texture there,
+a blank one, has none: its biomarkers are "not found"); their ``_mm`` fields use the file's pixel size (a
+DICOM's, or ``pixel_mm``) scaled to the map, and are ``None`` when it is unknown.
 
 Example:
     >>> predictor = Predictor("model.safetensors")  # a file written by ``pleura export model``
@@ -16,22 +22,24 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from pleura.data.cleaning import ScanArea, find_scan_area, fit_to_size, remove_overlays
-from pleura.data.readers import Frame, ReadError, iter_frames
+from pleura.data.readers import Frame, ReadError, iter_frames, media_info
 from pleura.infer.batch import run_frames
 from pleura.infer.engine import make_engine
 from pleura.labels import Probe, Schema, recorded_schema
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
 from pleura.postprocess.ood import OODDetector
+from pleura.postprocess.severity import clip_severity
 
 AREA_FRAMES = 32  # frames read ahead to find a clip's scan area
+BLANK_STD = 1.0  # grey-level std inside the scan area under which a cleaned frame is blank (no scan area)
 
 
 class FramePredictions(NamedTuple):
@@ -54,6 +62,15 @@ class FrameResult:
     biomarkers: dict[str, Any]  # from the frame's segmentation (``pleura.postprocess.biomarkers``)
     ood: bool  # not like the training frames (or no scan area): do not trust this frame
     ood_score: float  # max of image-statistics and network-feature distances / their thresholds; flagged > 1
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # (S, S) uint8 map, model's schema
+
+    def to_dict(self, labels: bool = False) -> dict[str, Any]:
+        """The frame as JSON-ready data; the label map only with ``labels=True`` (as nested lists)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "labels"}
+        d["probabilities"], d["biomarkers"] = dict(self.probabilities), dict(self.biomarkers)
+        if labels:
+            d["labels"] = None if self.labels is None else self.labels.tolist()
+        return d
 
 
 @dataclass
@@ -67,12 +84,20 @@ class ClipResult:
     frames: list[FrameResult] = field(default_factory=list)
     ood_frames: int = 0
     probe: Probe | str = ""  # probe type detected from the scan area's shape ("" only for a result built empty)
+    severity: int | None = None  # Soldati 0-3 of the in-distribution frames; None: no pleural line found
+    severity_rule: str = ""  # the rule that gave it, in words
+    pixel_mm: tuple[float, float] | None = None  # (row, col) mm per input pixel: the DICOM's, or as given
+    scan_area: ScanArea | None = field(default=None, repr=False, compare=False)  # at the input's resolution
+    map_size: int = 0  # side of the model's square label maps
 
-    def to_dict(self, frames: bool = True) -> dict[str, Any]:
-        """The result as JSON-ready data; ``frames=False`` leaves out the per-frame results."""
-        d = asdict(self)
-        if not frames:
-            d.pop("frames")
+    def to_dict(self, frames: bool = True, labels: bool = False) -> dict[str, Any]:
+        """The result as JSON-ready data; ``frames=False`` leaves out the per-frame results, ``labels=True``
+        adds each frame's label map (large); the scan area is never included."""
+        skip = {"frames", "scan_area"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        d["probabilities"], d["biomarkers"] = dict(self.probabilities), dict(self.biomarkers)
+        if frames:
+            d["frames"] = [r.to_dict(labels) for r in self.frames]
         return d
 
 
@@ -95,6 +120,29 @@ def aggregate_biomarkers(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 FrameHook = Callable[[FrameResult, np.ndarray, np.ndarray], None]
+SourceHook = Callable[[FrameResult, Frame, ScanArea], None]
+
+
+def map_scan_area(area: ScanArea, size: int) -> np.ndarray:
+    """The scan area as the model sees it: cropped and resized like the frames (``fit_to_size``), bool (S, S)."""
+    return fit_to_size(area.mask.astype(np.uint8) * 255, area, size) >= 128
+
+
+def map_pixel_mm(pixel_mm: tuple[float, float] | None, area: ScanArea, size: int) -> tuple[float, float] | None:
+    """(row, col) mm per pixel of the model's map, from the input's: the crop is scaled by ``size / max(h, w)``."""
+    if pixel_mm is None:
+        return None
+    t, b, left, right = area.bbox
+    factor = max(b - t, right - left) / size
+    return pixel_mm[0] * factor, pixel_mm[1] * factor
+
+
+def _file_pixel_mm(path: Path) -> tuple[float, float] | None:
+    """The pixel size a file states (a DICOM's calibrated region or PixelSpacing); ``None`` for other files."""
+    try:
+        return media_info(path).pixel_spacing_mm
+    except ReadError:  # reading the frames says what is wrong with the file
+        return None
 
 
 class Predictor:
@@ -166,37 +214,71 @@ class Predictor:
             ood, score = np.zeros(len(images), bool), np.zeros(len(images))
         return FramePredictions(prob, out.labels, ood, score)
 
-    def predict(self, path: str | Path, on_frame: FrameHook | None = None) -> ClipResult:
+    def predict(
+        self,
+        path: str | Path,
+        on_frame: FrameHook | None = None,
+        *,
+        on_source: SourceHook | None = None,
+        pixel_mm: float | tuple[float, float] | None = None,
+        keep_labels: bool = True,
+    ) -> ClipResult:
         """Predict one file; ``on_frame(result, cleaned image, label map)`` is called for every frame
-        (overlays, video writing) while it streams.
+        (overlays, video writing) while it streams, and ``on_source(result, decoded frame, scan area)`` with
+        the frame as the file holds it (what ``pleura segment`` maps its masks back onto).
+
+        Args:
+            path: an image, clip or DICOM file.
+            on_frame: hook on the cleaned, model-size frame and its label map.
+            on_source: hook on the original frame and the clip's scan area (at the input's resolution).
+            pixel_mm: mm per input pixel, a number or ``(row, col)``; ``None`` takes a DICOM's own (other
+                files state none: the ``_mm`` biomarkers are then ``None``).
+            keep_labels: keep each frame's label map in ``FrameResult.labels`` (a clip's worth of
+                model-size maps in memory); ``False`` drops them after the hooks.
 
         Raises:
             ReadError: the file cannot be read (one line naming it).
+            ValueError: ``pixel_mm`` is not a positive size.
         """
         path = Path(path)
+        spacing = _file_pixel_mm(path) if pixel_mm is None else _pair(pixel_mm)
         results: list[FrameResult] = []
         probe: Probe | str = ""
+        area: ScanArea | None = None
+        area_map = np.zeros((self.size, self.size), bool)
+        map_mm: tuple[float, float] | None = None
         stream = self._clean(iter_frames(path, fps=self.rate, max_frames=self.max_frames))
         while batch := list(itertools.islice(stream, self.batch_size)):
-            probe = batch[0][2].probe
+            if batch[0][2] is not area:  # the clip's scan area (found once): as the model sees it
+                area = batch[0][2]
+                probe, area_map = area.probe, map_scan_area(area, self.size)
+                map_mm = map_pixel_mm(spacing, area, self.size)
             images = np.stack([b[1] for b in batch])
             prob, labels, flags, scores = self.predict_frames(images)
             for (frame, image, _), p, lab, flag, score in zip(batch, prob, labels, flags, scores, strict=True):
                 k = int(np.argmax(p))
+                blank = not area_map.any() or float(image[area_map].std()) < BLANK_STD
+                inside = np.zeros_like(area_map) if blank else area_map
+                markers = frame_biomarkers(lab, self.schema, pixel_mm=map_mm, scan_area=inside)
                 results.append(
                     FrameResult(
                         index=frame.index, time_s=round(frame.time_s, 3),
                         probabilities={c: float(v) for c, v in zip(self.class_names, p, strict=True)},
-                        diagnosis=self.class_names[k], biomarkers=frame_biomarkers(lab, self.schema).to_dict(),
-                        ood=bool(flag), ood_score=float(score),
+                        diagnosis=self.class_names[k], biomarkers=markers.to_dict(),
+                        ood=bool(flag), ood_score=float(score), labels=lab,
                     )
                 )  # fmt: skip
                 if on_frame is not None:
                     on_frame(results[-1], image, lab)
+                if on_source is not None:
+                    on_source(results[-1], frame, area)
+                if not keep_labels:
+                    results[-1].labels = None
         if not results:
             raise ReadError(f"{path}: no frames to predict")
         good = [r for r in results if not r.ood] or results  # a file with no in-distribution frame gets no diagnosis
         mean = np.mean([[r.probabilities[c] for c in self.class_names] for r in good], axis=0)
+        severity = clip_severity([r.biomarkers for r in good], [r.index for r in good])
         return ClipResult(
             path=str(path),
             probabilities={c: float(v) for c, v in zip(self.class_names, mean, strict=True)},
@@ -207,4 +289,17 @@ class Predictor:
             frames=results,
             ood_frames=sum(r.ood for r in results),
             probe=probe,
+            severity=severity.score,
+            severity_rule=severity.rule,
+            pixel_mm=spacing,
+            scan_area=area,
+            map_size=self.size,
         )
+
+
+def _pair(pixel_mm: float | tuple[float, float]) -> tuple[float, float]:
+    """``(row, col)`` mm from a number or a pair, checked positive and finite."""
+    pair = (pixel_mm, pixel_mm) if np.isscalar(pixel_mm) else tuple(pixel_mm)  # type: ignore[arg-type]
+    if len(pair) != 2 or not all(np.isfinite(float(v)) and float(v) > 0 for v in pair):
+        raise ValueError(f"pixel_mm should be a positive size in mm (a number or a (row, col) pair), got {pixel_mm!r}")
+    return float(pair[0]), float(pair[1])

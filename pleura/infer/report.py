@@ -2,8 +2,9 @@
 
 For each input: ``<name>.png`` (the most confident in-distribution frame: the frame, its segmentation and
 its class-activation map, with the diagnosis) and, for a clip, ``<name>.mp4`` (every predicted frame with
-its segmentation overlaid). For the batch: ``predictions.json`` (every file with its frames), ``clips.csv``
-and ``frames.csv``. Every file is written under a temporary name and renamed when complete.
+its segmentation overlaid). For the batch: ``predictions.json`` (every file with its frames, severity score
+and rule; label maps are left out), ``clips.csv`` (with the severity score and its rule) and ``frames.csv``.
+Every file is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class PredictionWriter:
             best.setdefault("first", (r, image.copy(), labels.copy()))
 
         try:
-            result = self.predictor.predict(path, on_frame=on_frame)
+            result = self.predictor.predict(path, on_frame=on_frame, keep_labels=False)
         except BaseException:
             if movie is not None:
                 movie.abort()
@@ -102,7 +103,8 @@ class PredictionWriter:
             name = printable(r.path)
             probs = {f"p_{c}": r.probabilities[c] for c in names}
             clips.append({"file": name, "diagnosis": r.diagnosis, **probs, "frames": len(r.frames),
-                          "ood_frames": r.ood_frames, "probe": r.probe, **r.biomarkers})  # fmt: skip
+                          "ood_frames": r.ood_frames, "probe": r.probe, "severity": r.severity,
+                          "severity_rule": r.severity_rule, **r.biomarkers})  # fmt: skip
             for f in r.frames:
                 frames.append({"file": name, "frame": f.index, "time_s": f.time_s, "diagnosis": f.diagnosis,
                                **{f"p_{c}": f.probabilities[c] for c in names}, "ood": f.ood,
