@@ -438,10 +438,20 @@ def import_annotations_cmd(
         "3px", "--thickness", help="Polyline width and point size: 3px (frame pixels) or 1.0mm (DICOM pixel spacing)."
     ),
     meta: Path = typer.Option(
-        None, "--meta", exists=True, dir_okay=False, help="CSV with clip,diagnosis,patient_id,probe columns."
+        None,
+        "--meta",
+        exists=True,
+        dir_okay=False,
+        help="CSV with clip and some of diagnosis,patient_id,probe,clip_id (clip_id: the clip a still image is from).",
     ),
     media: Path = typer.Option(None, "--media", exists=True, help="The video file or media folder, if not beside SRC."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (one clip each); 0 = all cores.", min=0),
+    clip_pattern: str = typer.Option(
+        "auto",
+        "--clip-pattern",
+        help="Still images' clip from their names, kept together in splits: auto (clip7_000012 -> clip7), none "
+        "(one clip each), or a regex with a (?P<clip>...) group.",
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Import labels from CVAT, COCO, Labelme or mask PNGs: cleaned labelled frames and aligned masks."""
@@ -450,8 +460,9 @@ def import_annotations_cmd(
     from pleura.data.annotations import AnnotationError, AnnotationImportConfig, import_annotations
 
     cfg = AnnotationImportConfig(
-        format=fmt, schema=schema, densify=densify, strict=strict, size=size, thickness=thickness, workers=workers
-    )
+        format=fmt, schema=schema, densify=densify, strict=strict, size=size, thickness=thickness, workers=workers,
+        clip_pattern=clip_pattern,
+    )  # fmt: skip
     start = time.perf_counter()
     bar, tasks = progress_bar(), []
 

@@ -246,9 +246,9 @@ def test_tracks_interpolate_between_keyframes_and_end_outside() -> None:
     assert frames[5].points[0, 0] == pytest.approx(50) and frames[12].points[0, 0] == 100
     notes = Notes()
     tri = Shape("polygon", "aline", np.array([[0, 0], [10, 0], [0, 10.0]]), "t.json", "track 1")
-    quad = Shape("polygon", "aline", np.array([[0, 0], [10, 0], [10, 10], [0, 10.0]]), "t.json", "track 1")
-    held = dict(expand_track([TrackShape(0, tri), TrackShape(4, quad)], 4, notes))
-    assert held[2] is tri and "point count" in notes.warnings[0]
+    dots = Shape("points", "aline", np.array([[0, 0], [10, 0.0]]), "t.json", "track 1")  # another kind: held
+    held = dict(expand_track([TrackShape(0, tri), TrackShape(4, dots)], 4, notes))
+    assert held[2] is tri and "differ in kind" in notes.warnings[0]
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -377,7 +377,9 @@ def test_cvat_xml_for_images_and_for_video(tmp_path: Path) -> None:
     (frames / "annotations.xml").write_text(_xml(tracks=tracks, mode="interpolation"))
     out = tmp_path / "ds_frames"
     run(frames, out, label_map(tmp_path), fmt="cvat-xml")
-    assert sorted(r["clip_id"] for r in read_manifest(out)) == [f"frame_{f:06d}" for f in range(1, 6)]
+    rows = read_manifest(out)  # five stills, one clip by their names (--clip-pattern auto), ids of their own
+    assert sorted(r["id"] for r in rows) == [f"frame_{f:06d}_00000" for f in range(1, 6)]
+    assert {r["clip_id"] for r in rows} == {"frame"} == {r["patient_id"] for r in rows}
 
 
 def _coco_string(counts: list[int]) -> str:

@@ -1,7 +1,10 @@
-"""Import labels made in annotation tools (CVAT, COCO, Labelme, mask PNGs) into a pleura manifest dataset.
+"""Import labels made in annotation tools (CVAT, COCO, Labelme, mask PNGs) into a pleura manifest dataset, and
+export masks back to those tools as editable polygons.
 
 One reader per format turns an export into shapes per media frame (``model``); ``importer`` streams each clip
 once, cleans its labelled frames as ``predict`` does and gives their masks the same geometry (``raster``).
+``export`` writes masks (a model's pre-labels) as CVAT XML, COCO or Labelme polygons (``polygons``) with the
+label map that imports them back.
 
 Example:
     >>> from pleura.data.annotations import AnnotationImportConfig, import_annotations
@@ -9,6 +12,7 @@ Example:
     >>> import_annotations("task_195", "data/lus", "labels.json", cfg)  # doctest: +SKIP
 """
 
+from pleura.data.annotations.export import ExportFormat, ExportItem, ExportReport, FrameMask, export_labels
 from pleura.data.annotations.importer import (
     AnnotationImportConfig,
     ImportReport,
@@ -30,10 +34,15 @@ __all__ = [
     "AnnotationError",
     "AnnotationFormat",
     "AnnotationImportConfig",
+    "ExportFormat",
+    "ExportItem",
+    "ExportReport",
+    "FrameMask",
     "ImportReport",
     "LabelMap",
     "decode_coco_rle",
     "decode_cvat_rle",
+    "export_labels",
     "fill_polygon",
     "fit_mask_to_size",
     "import_annotations",

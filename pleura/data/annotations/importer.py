@@ -36,9 +36,9 @@ from pleura.data.annotations.coco import read_coco
 from pleura.data.annotations.cvat import read_cvat_backup, read_cvat_xml
 from pleura.data.annotations.labelme import read_labelme
 from pleura.data.annotations.maskpng import read_mask_folder, read_png_labels
+from pleura.data.annotations.media import is_video_name
 from pleura.data.annotations.model import (
     FORMATS,
-    PROBE_NAMES,
     AnnotationError,
     AnnotationFormat,
     Item,
@@ -48,6 +48,8 @@ from pleura.data.annotations.model import (
     Shape,
     count_names,
     load_label_map,
+    parse_probe,
+    safe_id,
 )
 from pleura.data.annotations.raster import (
     fit_area_mask,
@@ -67,6 +69,10 @@ logger = logging.getLogger(__name__)
 AREA_FRAMES = 32  # frames a clip's scan area is found on: the first ones, as pleura.infer.predictor does
 UNKNOWN = "unknown"  # diagnosis of a frame nobody gave one (the manifest needs a value; LUSDataset reads it as -1)
 META_FIELDS = ("diagnosis", "patient_id", "probe")
+META_COLUMNS = (*META_FIELDS, "clip_id")  # clip_id: the clip a still image was taken from
+#: a still image's clip from its id (its path without extension): ``clip7_000012``, ``scan-3_frame_12`` -> the
+#: part before the frame number; an id without a separated trailing number is its own clip
+CLIP_PATTERN = r"(?P<clip>.+?)[_\-. ]+(?:frame|frm|f)?[_\-. ]*\d+"
 MAX_NAME_LINES = 10  # unmapped names warned one line each; the rest in one line (all in import.json)
 MANIFEST_COLUMNS = [
     "id", "image", "diagnosis", "clip_id", "patient_id", "probe", "probe_detected", "file", "frame", "time_s",
@@ -86,6 +92,7 @@ class AnnotationImportConfig:
     size: int = 256  # side of the square cleaned frames and masks, pixels
     thickness: str = "3px"  # polylines' width and points' diameter: "3px" (frame pixels) or "1.0mm" (DICOM only)
     workers: int = 0  # processes (one clip each); 0 means all cores
+    clip_pattern: str = "auto"  # still images' clip from their ids: "auto" (CLIP_PATTERN), "none", or a regex
 
     def validate(self) -> None:
         """Check the options before any file is read; raises ``AnnotationError`` naming the bad option."""
@@ -96,6 +103,37 @@ class AnnotationImportConfig:
         parse_thickness(self.thickness)
         if self.workers < 0:
             raise AnnotationError(f"--workers must be 0 (all cores) or more, got {self.workers}")
+        clip_regex(self.clip_pattern)
+
+
+def clip_regex(pattern: str) -> re.Pattern[str] | None:
+    """The compiled ``--clip-pattern`` ("auto": ``CLIP_PATTERN``; "none": None); AnnotationError when it is not a
+    regular expression with a group (named ``clip``, or the first) that gives the clip."""
+    if pattern.strip().lower() == "none":
+        return None
+    text = CLIP_PATTERN if pattern.strip().lower() == "auto" else pattern
+    try:
+        regex = re.compile(text)
+    except re.error as e:
+        raise AnnotationError(f"--clip-pattern {pattern!r} is not a regular expression ({e})") from None
+    if regex.groups < 1:
+        raise AnnotationError(
+            f"--clip-pattern {pattern!r} has no group; mark the clip's part of an image id with (?P<clip>...), "
+            r"e.g. (?P<clip>.+)_\d+ (or pass auto or none)"
+        )
+    return regex
+
+
+def still_clip(item: Item, regex: re.Pattern[str] | None) -> str | None:
+    """The clip a still image was taken from, by its id (``clip7_000012`` -> ``clip7``); None for a video, for an
+    id the pattern does not match, and without a pattern."""
+    if regex is None or (item.media is not None and is_video_name(item.media)):
+        return None
+    m = regex.fullmatch(item.clip_id)
+    if m is None:
+        return None
+    part = m.group("clip") if "clip" in regex.groupindex else m.group(1)
+    return safe_id(part) if part else None
 
 
 @dataclass
@@ -120,16 +158,17 @@ def parse_thickness(text: str) -> tuple[float, str]:
 
 
 def read_meta(path: str | Path) -> dict[str, dict[str, str]]:
-    """The ``--meta`` CSV: ``clip`` (a clip id, media file name or task name) -> diagnosis, patient_id, probe."""
+    """The ``--meta`` CSV: ``clip`` (a clip id, media file name or task name) -> diagnosis, patient_id, probe,
+    and clip_id (the clip a still image belongs to: images of one clip_id stay together in splits)."""
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in reader.fieldnames or []]
-            if "clip" not in columns or not set(columns) & set(META_FIELDS):
+            if "clip" not in columns or not set(columns) & set(META_COLUMNS):
                 raise AnnotationError(
                     f"{path}: columns {', '.join(columns) or '(none)'}; expected clip and some of "
-                    f"{', '.join(META_FIELDS)}"
+                    f"{', '.join(META_COLUMNS)}"
                 )
             reader.fieldnames = columns
             rows = [{k: (v or "").strip() for k, v in r.items() if k} for r in reader]
@@ -143,9 +182,16 @@ def read_meta(path: str | Path) -> dict[str, dict[str, str]]:
             raise AnnotationError(f"{path}: line {line} has an empty clip")
         if r["clip"] in out:
             raise AnnotationError(f"{path}: clip {r['clip']!r} appears twice (line {line})")
-        fields = {k: r[k] for k in META_FIELDS if r.get(k)}
+        fields = {k: r[k] for k in META_COLUMNS if r.get(k)}
         if "probe" in fields:
-            fields["probe"] = PROBE_NAMES.get(fields["probe"].lower(), fields["probe"])
+            probe = parse_probe(fields["probe"])
+            if probe is None:
+                raise AnnotationError(
+                    f"{path}: line {line}: probe {fields['probe']!r}; expected linear, curvilinear or convex"
+                )
+            fields["probe"] = str(probe)
+        if "clip_id" in fields:
+            fields["clip_id"] = safe_id(fields["clip_id"])
         out[r["clip"]] = fields
     return out
 
@@ -205,17 +251,30 @@ class _Plan:
     frames: dict[int, tuple[list[Shape], dict[str, str]]]  # media frame -> (mapped shapes, row fields)
 
 
-def plan_items(items: list[Item], lmap: LabelMap, meta: dict[str, dict[str, str]], notes: Notes) -> list[_Plan]:
-    """Which frames of which clips become rows, with their mapped shapes and diagnosis, patient and probe."""
+def plan_items(
+    items: list[Item],
+    lmap: LabelMap,
+    meta: dict[str, dict[str, str]],
+    notes: Notes,
+    clips: re.Pattern[str] | None = None,
+) -> list[_Plan]:
+    """Which frames of which clips become rows, with their mapped shapes and clip, diagnosis, patient and probe.
+
+    A row's ``clip_id`` (what splits keep together) is the media file's id, except for a still image: the
+    ``--meta`` CSV's ``clip_id``, else the part of its id that ``clips`` (``--clip-pattern``) marks, so frames
+    of one clip saved as images (``clip7_000012.png``) are one clip. ``patient_id`` defaults to the clip.
+    """
     plans = []
     only_unmapped = 0
     used_meta: set[str] = set()
+    grouped: Counter[str] = Counter()  # stills grouped into a clip by the pattern: clip -> images
     for item in items:
         keys = [item.clip_id, *item.names] + ([item.media.name, item.media.stem] if item.media else [])
         meta_key = next((k for k in keys if k in meta), None)
         clip_meta = meta.get(meta_key, {}) if meta_key else {}
         if meta_key:
             used_meta.add(meta_key)
+        clip = clip_meta.get("clip_id") or still_clip(item, clips)
         clip_tags, clip_conflicts = _fields_of_tags([t for ts in item.tags.values() for t in ts], lmap)
         frames: dict[int, tuple[list[Shape], dict[str, str]]] = {}
         for f in sorted(set(item.shapes) | item.labelled | set(item.tags)):
@@ -227,7 +286,8 @@ def plan_items(items: list[Item], lmap: LabelMap, meta: dict[str, dict[str, str]
             if not labelled:
                 only_unmapped += bool(item.shapes.get(f))
                 continue
-            fields = {"diagnosis": UNKNOWN, "patient_id": item.clip_id, "probe": ""}
+            fields = {"diagnosis": UNKNOWN, "patient_id": clip or item.clip_id, "probe": "",
+                      "clip_id": clip or item.clip_id}  # fmt: skip
             for k in META_FIELDS:  # frame tag > --meta CSV > the clip's tags (when they agree) > default
                 if k in tag_fields:
                     fields[k] = str(tag_fields[k])
@@ -238,6 +298,15 @@ def plan_items(items: list[Item], lmap: LabelMap, meta: dict[str, dict[str, str]
             frames[f] = (shapes, fields)
         if frames:
             plans.append(_Plan(item, frames))
+            if clip and "clip_id" not in clip_meta:
+                grouped[clip] += 1
+    if grouped:
+        shown = ", ".join(f"{c} ({n})" for c, n in sorted(grouped.items())[:MAX_NAME_LINES])
+        more = f" and {len(grouped) - MAX_NAME_LINES} more" if len(grouped) > MAX_NAME_LINES else ""
+        notes.warn(
+            f"{sum(grouped.values())} still image(s) grouped into {len(grouped)} clip(s) by their names "
+            f"(--clip-pattern): {shown}{more}; splits keep each clip together (--clip-pattern none: one clip each)"
+        )
     if only_unmapped:
         notes.warn(f"{only_unmapped} frame(s) hold only unmapped or ignored labels: not imported (unlabelled here)")
     for k in sorted(set(meta) - used_meta):
@@ -297,7 +366,7 @@ def import_annotations(
         labels: the label map (JSON, or YAML with PyYAML), see ``model.load_label_map``.
         cfg: format, schema, size, thickness, densify, strict.
         media: the video (file) or the folder of media, when they are not where the export says.
-        meta: a CSV with ``clip,diagnosis,patient_id,probe`` columns.
+        meta: a CSV with ``clip`` and some of ``diagnosis,patient_id,probe,clip_id`` columns.
         overwrite: replace a non-empty ``out``.
         progress: ``progress(advance, total)``: (0, clips) once every check has passed and the work starts,
             then (1, clips) after each clip or image.
@@ -324,7 +393,7 @@ def import_annotations(
         notes = Notes()
         items = _unique_ids(read_items(cfg.format, root, media_path, lmap, notes))
         unmapped = _check_names(items, lmap, cfg.strict, notes)
-        plans = plan_items(items, lmap, meta_rows, notes)
+        plans = plan_items(items, lmap, meta_rows, notes, clip_regex(cfg.clip_pattern))
         if not plans:
             n_shapes = sum(len(s) for it in items for s in it.shapes.values())
             n_tags = sum(len(t) for it in items for t in it.tags.values())
@@ -635,11 +704,11 @@ def _write_frame(
         "id": fid,
         "image": f"images/{fid}.png",
         "diagnosis": fields["diagnosis"],
-        "clip_id": item.clip_id,
+        "clip_id": fields.get("clip_id") or item.clip_id,
         "patient_id": fields["patient_id"] or item.clip_id,
-        "probe": fields["probe"] or PROBE_NAMES.get(area.probe, area.probe),
+        "probe": fields["probe"] or str(area.probe),
         f"mask_{schema.name}": f"masks/{schema.name}/{fid}.png",
-        "probe_detected": PROBE_NAMES.get(area.probe, area.probe),
+        "probe_detected": str(area.probe),
         "file": _rel(item.media, root) if item.media else item.source,
         "frame": frame.index,
         "time_s": round(frame.time_s, 3),

@@ -19,16 +19,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pleura.labels import DIAGNOSES, Schema, get_schema
+from pleura.labels import DIAGNOSES, Probe, Schema, StrEnum, get_schema
 
 logger = logging.getLogger(__name__)
 
-#: the formats ``import_annotations`` reads
-AnnotationFormat = Literal["cvat", "cvat-xml", "coco", "labelme", "masks"]
-FORMATS: tuple[str, ...] = ("cvat", "cvat-xml", "coco", "labelme", "masks")
+
+class AnnotationFormat(StrEnum):
+    """The formats ``import_annotations`` reads (``--format``); members are their names as strings."""
+
+    CVAT = "cvat"  # a CVAT task backup: task.json, annotations.json, data/
+    CVAT_XML = "cvat-xml"  # CVAT for images 1.1 or CVAT for video 1.1 annotations.xml
+    COCO = "coco"  # COCO 1.0 instance JSON
+    LABELME = "labelme"  # Labelme JSON, one per image
+    MASKS = "masks"  # folders of mask PNGs, indexed or RGB
+
+
+FORMATS: tuple[str, ...] = tuple(f.value for f in AnnotationFormat)
 #: shape kinds after reading: every format's shapes are one of these
 ShapeKind = Literal["polygon", "polyline", "box", "ellipse", "points", "bitmap", "cvat_rle", "coco_rle", "labelmap"]
-PROBE_NAMES = {"convex": "curvilinear", "curvilinear": "curvilinear", "linear": "linear", "sector": "curvilinear"}
 TAG_FIELDS = ("diagnosis", "patient_id", "probe", "labelled")
 MAP_KEYS = ("schema", "labels", "priority", "tags", "colors", "values")
 
@@ -169,12 +177,66 @@ def xy(values: Any, source: str, what: str) -> np.ndarray:
     return a
 
 
+def parse_probe(text: Any) -> Probe | None:
+    """The probe ``text`` names, read by ``Probe.parse`` (linear, curvilinear, or its alias convex; any case);
+    None when it names none."""
+    try:
+        return Probe.parse(str(text))
+    except ValueError:
+        return None
+
+
+def _outline(points: np.ndarray, closed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The outline's vertices (a closed one ends where it starts) and each one's arc length as a fraction of it."""
+    pts = np.concatenate([points, points[:1]]) if closed else points
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+    return pts, (cum / cum[-1] if cum[-1] > 0 else np.linspace(0.0, 1.0, len(cum)))
+
+
+def _arc(points: np.ndarray, closed: bool) -> np.ndarray:
+    """Each vertex's arc length along the outline as a fraction of the whole (the first vertex at 0)."""
+    frac = _outline(points, closed)[1]
+    return frac[:-1] if closed else frac
+
+
+def _sample(points: np.ndarray, closed: bool, at: np.ndarray) -> np.ndarray:
+    """Points at fractions ``at`` of the outline's arc length (0: the first vertex)."""
+    pts, frac = _outline(points, closed)
+    return np.stack([np.interp(at, frac, pts[:, 0]), np.interp(at, frac, pts[:, 1])], axis=1)
+
+
+def match_points(a: np.ndarray, b: np.ndarray, closed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Two outlines with different point counts as two of one count, point ``i`` of one matching point ``i`` of the
+    other, so a track can move linearly between keyframes that differ in points.
+
+    Both are resampled by arc length at the union of their vertices' arc-length fractions, so each keeps all
+    its own vertices (the keyframes are drawn as drawn) and gains points on its edges. A polygon ``b`` is first
+    turned to run the same way round as ``a`` and started at the vertex that fits ``a`` best (least squared
+    distance over 32 points spaced evenly by arc length); a polyline ``b`` is reversed when that fits better.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    even = np.linspace(0.0, 1.0, 32, endpoint=not closed)
+    ref = _sample(a, closed, even)
+    if closed:
+        area = [float(np.dot(p[:, 0], np.roll(p[:, 1], -1)) - np.dot(np.roll(p[:, 0], -1), p[:, 1])) for p in (a, b)]
+        if area[0] * area[1] < 0:
+            b = b[::-1]
+        cost = [float(((_sample(np.roll(b, -j, axis=0), True, even) - ref) ** 2).sum()) for j in range(len(b))]
+        b = np.roll(b, -int(np.argmin(cost)), axis=0)
+    elif ((_sample(b[::-1], False, even) - ref) ** 2).sum() < ((_sample(b, False, even) - ref) ** 2).sum():
+        b = b[::-1]
+    at = np.unique(np.round(np.concatenate([_arc(a, closed), _arc(b, closed)]), 9))
+    return _sample(a, closed, at), _sample(b, closed, at)
+
+
 def expand_track(keys: list[TrackShape], last_frame: int | None, notes: Notes) -> list[tuple[int, Shape]]:
     """Per-frame shapes of a track: keyframes linearly interpolated between them, ``outside`` ending the track.
 
     Between two keyframes of the same kind and point count (polygon, polyline, points, box, ellipse) every
-    point (and a box's rotation) moves linearly; otherwise the earlier shape is held (a note says so). After
-    the last keyframe the track holds until ``last_frame`` (CVAT's rule: a track lasts until it goes outside).
+    point (and a box's rotation) moves linearly. Polygons and polylines whose keyframes differ in point count
+    are first resampled by arc length to one count (``match_points``), then move the same way. Otherwise (a
+    change of kind, ``points`` of different counts) the earlier shape is held and a note says so. After the
+    last keyframe the track holds until ``last_frame`` (CVAT's rule: a track lasts until it goes outside).
     """
     keys = sorted(keys, key=lambda k: k.frame)
     out: list[tuple[int, Shape]] = []
@@ -188,12 +250,14 @@ def expand_track(keys: list[TrackShape], last_frame: int | None, notes: Notes) -
             continue
         a = key.shape
         b = nxt.shape if nxt is not None and not nxt.outside else None
-        blend = (
-            b is not None
-            and a.kind == b.kind
-            and a.kind in ("polygon", "polyline", "points", "box", "ellipse")
-            and a.points.shape == b.points.shape
-        )
+        same = b is not None and a.kind == b.kind
+        blend = same and a.kind in ("polygon", "polyline", "points", "box", "ellipse")
+        pa, pb = a.points, b.points if b is not None else a.points
+        if blend and pa.shape != pb.shape:
+            if a.kind in ("polygon", "polyline") and len(pa) > 1 and len(pb) > 1:
+                pa, pb = match_points(pa, pb, closed=a.kind == "polygon")
+            else:
+                blend = False
         if b is not None and not blend and a.kind not in ("cvat_rle", "coco_rle", "bitmap"):
             notes.warn(
                 f"{a.source}: {a.what}: keyframes at frames {key.frame} and {nxt.frame} differ in kind or point "
@@ -202,7 +266,7 @@ def expand_track(keys: list[TrackShape], last_frame: int | None, notes: Notes) -
         for f in range(key.frame + 1, end + 1):
             if blend:
                 t = (f - key.frame) / (nxt.frame - key.frame)
-                pts = (1 - t) * a.points + t * b.points
+                pts = (1 - t) * pa + t * pb
                 rot = (1 - t) * a.rotation + t * b.rotation
                 out.append((f, Shape(a.kind, a.label, pts, a.source, a.what, a.order, rot, a.occluded, a.data)))
             else:
@@ -258,9 +322,8 @@ class LabelMap:
         low = tag.strip().lower()
         if low in DIAGNOSES:
             return {"diagnosis": low}
-        if low in PROBE_NAMES:
-            return {"probe": PROBE_NAMES[low]}
-        return None
+        probe = parse_probe(low)
+        return {"probe": probe} if probe is not None else None
 
     def tag_known(self, tag: str) -> bool:
         """Whether a frame tag is listed in the map or names a diagnosis or probe itself (else it is warned about)."""
@@ -334,7 +397,12 @@ def load_label_map(path: str | Path, schema: str | None = None) -> LabelMap:
                 'e.g. {"diagnosis": "normal"} (or null to ignore it)'
             )
         if fields and "probe" in fields:
-            fields = {**fields, "probe": PROBE_NAMES.get(str(fields["probe"]).lower(), str(fields["probe"]))}
+            probe = parse_probe(fields["probe"])
+            if probe is None:
+                raise AnnotationError(
+                    f"{where}: tag {tag!r} sets probe {fields['probe']!r}; expected {', '.join(Probe)} (or convex)"
+                )
+            fields = {**fields, "probe": probe}
         tags[str(tag)] = fields
     colors = {_rgb(v, f"{where}: colors[{k!r}]"): str(k) for k, v in (raw.get("colors") or {}).items()}
     values: dict[int, str] = {}

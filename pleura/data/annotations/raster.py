@@ -56,12 +56,13 @@ def fill_polygon(mask: np.ndarray, points: np.ndarray, value: int = 1) -> int:
     ok &= c1 > c0
     if not ok.any():
         return 0
-    diff = np.zeros((len(yc), w + 1), dtype=np.int32)
+    left, right = int(c0[ok].min()), int(c1[ok].max())  # the work is in the polygon's columns
+    diff = np.zeros((len(yc), right - left + 1), dtype=np.int32)
     rows = np.broadcast_to(np.arange(len(yc))[:, None], ok.shape)
-    np.add.at(diff, (rows[ok], c0[ok]), 1)
-    np.add.at(diff, (rows[ok], c1[ok]), -1)
-    inside = np.cumsum(diff[:, :w], axis=1) > 0
-    mask[r_lo : r_hi + 1][inside] = value
+    np.add.at(diff, (rows[ok], c0[ok] - left), 1)
+    np.add.at(diff, (rows[ok], c1[ok] - left), -1)
+    inside = np.cumsum(diff[:, :-1], axis=1) > 0
+    mask[r_lo : r_hi + 1, left:right][inside] = value
     return int(inside.sum())
 
 
