@@ -849,6 +849,9 @@ def segment(
     ),
     max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all.", min=0),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an overlay MP4 per clip."),
+    export_labels: str = typer.Option(
+        None, "--export-labels", help="Also write the masks as editable labels: cvat, coco or labelme (in labels/)."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Segment images and clips: per-frame masks at the input's resolution, overlays with a legend, biomarkers.
@@ -857,10 +860,16 @@ def segment(
     and segment.json, clips.csv for the batch; the output folder is staged and never holds an input.
     """
     from pleura.atomic import check_output, staged_folder
+    from pleura.data.annotations import AnnotationError, ExportFormat
     from pleura.data.readers import ReadError
     from pleura.infer.predictor import Predictor
     from pleura.infer.segment import SegmentWriter, target_schema
 
+    if export_labels is not None:
+        try:
+            export_labels = ExportFormat.parse(export_labels)
+        except (AnnotationError, ValueError) as e:
+            fail(f"--export-labels: {e}")
     files, failed = _inputs(inputs)
     if not files:
         for _, problem in failed[:-1]:
@@ -902,6 +911,13 @@ def segment(
                             failed.append((f, str(e) if str(f) in str(e) else f"{f}: {e}"))
                             _problem_lines(failed[-1:])
                         bar.advance(task)
+                if export_labels is not None and writer.results:
+                    report = writer.export_labels(export_labels, final_out=out)
+                    for media, problem in report.failed:
+                        failed.append((Path(media), problem))
+                        _problem_lines(failed[-1:], "not exported")
+                    for folder in report.folders:
+                        typer.echo(shown(f"labels of {folder['media']}; import them with: {folder['import']}"))
                 writer.close(failed)
         except (ValueError, OSError) as e:  # the output folder or the tables: nothing is left half-written
             fail(str(e) if isinstance(e, ValueError) else f"{out}: cannot write the masks ({e.strerror or e})", 1)

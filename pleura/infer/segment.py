@@ -35,14 +35,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pleura.atomic import finite, printable, write_text
+from pleura.data.annotations import ExportFormat, ExportItem, ExportReport, export_labels
 from pleura.data.cleaning import ScanArea
-from pleura.data.readers import Frame
+from pleura.data.readers import Frame, media_info
 from pleura.infer.explain import AnnotatedVideo
 from pleura.infer.predictor import ClipResult, FrameResult, Predictor, map_pixel_mm
 from pleura.labels import Schema, SchemaName, convert, get_schema
 from pleura.viz import UNTINTED, overlay
 
 __all__ = ["SegmentWriter", "frame_masks", "restore_mask", "result_masks", "target_schema"]
+
+
+LABELS_FOLDER = "labels"  # where --export-labels writes, beside the per-file folders
 
 
 def restore_mask(labels: np.ndarray, area: ScanArea, size: int | None = None) -> np.ndarray:
@@ -218,7 +222,7 @@ class SegmentWriter:
 
     def _name(self, path: Path) -> str:
         name, k = path.stem or path.name, 1
-        while name in self.names or name in {"segment", "clips"}:
+        while name in self.names or name in {"segment", "clips", LABELS_FOLDER}:
             k += 1
             name = f"{path.stem}-{k}"
         self.names.add(name)
@@ -303,6 +307,29 @@ class SegmentWriter:
         write_text(folder / "biomarkers.json", json.dumps(finite(doc), indent=2) + "\n")
         rows = [{"frame": f.index, "time_s": f.time_s, "ood": f.ood, **f.biomarkers} for f in result.frames]
         write_text(folder / "biomarkers.csv", _csv(rows))
+
+    def export_labels(self, fmt: ExportFormat | str, final_out: str | Path | None = None) -> ExportReport:
+        """Write the masks written so far as editable labels for an annotation tool (``labels/`` in ``out``: CVAT,
+        COCO or Labelme polygons on the original frame coordinates, with the label map that imports them back).
+
+        The masks are read back from the PNGs ``segment`` wrote, one frame at a time. ``final_out``: where ``out``
+        will be once renamed (the import commands in ``labels/export.json`` name it).
+        """
+        items = []
+        for name, result in self.results:
+            masks = sorted((self.out / name / "masks").glob("frame_*.png"))
+            info = media_info(result.path)
+            items.append(
+                ExportItem(
+                    Path(result.path),
+                    (info.width, info.height),
+                    ((int(m.stem.removeprefix("frame_")), np.asarray(Image.open(m))) for m in masks),
+                    video=info.kind != "image" and (info.n_frames or 2) > 1,
+                    frame_count=info.n_frames,
+                )
+            )
+        final = Path(final_out) / LABELS_FOLDER if final_out is not None else None
+        return export_labels(fmt, self.out / LABELS_FOLDER, items, self.schema, final_dir=final)
 
     def close(self, failed: list[tuple[Path, str]] | None = None) -> None:
         """Write ``segment.json`` (every file, its folder and severity; the failures) and ``clips.csv``."""

@@ -189,3 +189,40 @@ def test_predict_tables_carry_the_severity(media: dict[str, Path], tmp_path: Pat
     doc = json.loads((out / "predictions.json").read_text())["files"][0]
     assert "severity" in doc and doc["severity_rule"] == row["severity_rule"]
     assert "labels" not in doc["frames"][0]  # the label maps stay out of predictions.json
+
+
+@pytest.mark.parametrize("fmt", ["cvat", "coco", "labelme"])
+def test_segment_export_labels_round_trip(media: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    """segment --export-labels, then the import command it prints: the same masks (IoU >= 0.95 per class), in the
+    importer's cleaned geometry."""
+    from pleura.data.annotations import fit_mask_to_size
+    from pleura.data.manifest import read_manifest
+
+    out = tmp_path / "seg"
+    inputs = [media["clip.mp4"], media["frame.png"]]
+    runner = CliRunner(env={"COLUMNS": "400"})
+    res = runner.invoke(app, ["segment", *map(str, inputs), "--out", str(out), "--schema", "sparse",
+                              "--export-labels", fmt, "--no-video"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    export = json.loads((out / "labels" / "export.json").read_text())
+    assert all(str(out.resolve() / "labels") in f["import"] for f in export["folders"])  # the final path, not staged
+    clip = next(f for f in export["folders"] if f["kind"] == "video")
+    command = clip["import"].split()
+    assert command[:3] == ["pleura", "data", "import-annotations"] and command[-2:] == ["--out", "DATASET"]
+    back = tmp_path / "back"
+    res = runner.invoke(app, [*command[1:-1], str(back), "--size", "128", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    area = find_scan_area(read_frames(media["clip.mp4"]))
+    written = {
+        int(p.stem.removeprefix("frame_")): np.asarray(Image.open(p)) for p in (out / "clip" / "masks").iterdir()
+    }
+    checked = 0
+    for row in read_manifest(back):
+        got = np.asarray(Image.open(back / row["mask_sparse"]))
+        want = fit_mask_to_size(written[int(row["frame"])], area, 128)
+        for c in range(1, SPARSE.num_classes):
+            if (want == c).sum() >= 20:  # classes the model drew with some area
+                inter, union = ((got == c) & (want == c)).sum(), ((got == c) | (want == c)).sum()
+                assert inter / union >= 0.95, (row["frame"], SPARSE.names[c], inter / union)
+                checked += 1
+    assert checked > 0

@@ -381,6 +381,7 @@ def export_labels(
     embed_images: bool = False,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    final_dir: str | Path | None = None,
 ) -> ExportReport:
     """Write masks as editable polygons for an annotation tool, with the label map that imports them back.
 
@@ -397,6 +398,8 @@ def export_labels(
         embed_images: Labelme only: store each frame's image (``FrameMask.image``) as ``imageData``.
         overwrite: replace a non-empty ``out_dir``.
         progress: called with 1 after each frame.
+        final_dir: where ``out_dir`` will be once the caller moves it (``out_dir`` inside a staged folder): the
+            import commands written name it. Default: ``out_dir``.
 
     Returns:
         The report; frames and items that could not be written are listed in ``failed`` (one line each,
@@ -416,7 +419,7 @@ def export_labels(
     if not 0.0 < min_iou <= 1.0:
         raise AnnotationError(f"min_iou must be in (0, 1], got {min_iou}")
     out = Path(out_dir)
-    final = out.absolute()
+    final = Path(final_dir).absolute() if final_dir is not None else out.absolute()
     lmap = export_label_map(sch)
     report = ExportReport(out=out, format=fmt)
     per_class: Counter[str] = Counter()
