@@ -554,6 +554,60 @@ def dense_vs_sparse(
     _study(run_experiment, out, config, device)
 
 
+def _size_list(text: str, option: str) -> tuple[int, ...]:
+    """``--sizes 10,30,100`` as a tuple of integers (one error line otherwise; the config checks the values)."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        fail(f"{option} must be comma-separated integers, got {text!r}")
+
+
+@experiment_app.command("label-efficiency")
+def label_efficiency(
+    out: Path = typer.Option(..., "--out", help="Experiment folder (data, subsets, runs, report.md, figure)."),
+    sizes: str = typer.Option("10,30,100,300,1000", "--sizes", help="Labelled frames per run, whole clips."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Comma-separated seeds (each draws its own nested subsets)."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps of every run, whatever its size.", min=1),
+    size: int = typer.Option(96, "--size", help="Image side of the simulated frames.", min=32, max=2048),
+    width: int = typer.Option(8, "--width", help="U-Net width.", min=1, max=256),
+    depth: int = typer.Option(4, "--depth", help="U-Net depth.", min=1, max=8),
+    frames: int = typer.Option(2, "--frames", help="Frames per simulated clip.", min=1),
+    pool_clips: int = typer.Option(500, "--pool-clips", help="Simulated clips the subsets are drawn from.", min=2),
+    test_clips: int = typer.Option(40, "--test-clips", help="Held-out simulated test clips.", min=1),
+    data_seed: int = typer.Option(1000, "--data-seed", help="Simulation seed of the pool (the test set: +1)."),
+    batch_size: BatchSize = 8,
+    real: Path = typer.Option(
+        None,
+        "--real",
+        help="cvat-lus folder or a CVAT task backup: the within-clip check (skipped without).",
+        exists=True,
+        file_okay=False,
+    ),
+    real_sizes: str = typer.Option("5,10,20", "--real-sizes", help="Early labelled frames per real run."),
+    real_size: int = typer.Option(128, "--real-size", help="Side of the imported real frames.", min=32, max=2048),
+    real_steps: int = typer.Option(100, "--real-steps", help="Optimizer steps of every real run.", min=1),
+    init: Path = typer.Option(
+        None,
+        "--init",
+        help="A simulator-pretrained U-Net (train-seg run or model file) real runs also start from.",
+        exists=True,
+    ),
+    device: Device = "auto",
+) -> None:
+    """How many labelled frames do dense and sparse labels need? A curve on the simulator, and within a real clip.
+
+    Every run gets the same number of optimizer steps; subsets are nested and drawn by clip.
+    """
+    from pleura.experiments.label_efficiency import LabelEfficiencyConfig, run_label_efficiency
+
+    config = partial(LabelEfficiencyConfig, sizes=_size_list(sizes, "--sizes"), seeds=_seed_list(seeds), steps=steps,
+                     size=size, width=width, depth=depth, frames=frames, pool_clips=pool_clips, test_clips=test_clips,
+                     data_seed=data_seed, batch_size=batch_size, real=str(real) if real else None,
+                     real_sizes=_size_list(real_sizes, "--real-sizes"), real_size=real_size, real_steps=real_steps,
+                     init=str(init) if init else "")  # fmt: skip
+    _study(run_label_efficiency, out, config, device)
+
+
 @experiment_app.command("pocus")
 def pocus_experiment(
     data: Path = typer.Option(
