@@ -21,6 +21,8 @@ the best simulator-only model's (best on this clip: a choice for the picture onl
     python benchmarks/bench_real_seg.py --seeds 0 --epochs 2 --out /tmp/real_seg.json --figure /tmp/rs.png
     python benchmarks/bench_real_seg.py --schemas sparse --line-label-px 8 --a-line-label-px 10.5 \
         --out results/real_seg_thick.json --figure /tmp/rs.png   # line labels as the experts' bands
+    python benchmarks/bench_real_seg.py ... --randomize       # simulate with domain randomisation
+    python benchmarks/bench_real_seg.py --table results/real_seg_plain600.json results/real_seg_randomized.json
 """
 
 from __future__ import annotations
@@ -138,6 +140,47 @@ def figure(data: Path, models: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+COMPARE = (  # the comparison table of simulator-only runs (--table)
+    *METRICS[:3],
+    ("A-line Dice", ("a_line", "dice"), ".3f"),
+    ("A-line precision", ("a_line", "precision"), ".3f"),
+    ("A-line recall", ("a_line", "recall"), ".3f"),
+    *METRICS[4:],
+    ("median A-line/pleura depth", ("physics", "median_ratio"), ".2f"),
+)
+
+
+def compare_tables(paths: list[Path]) -> str:
+    """The simulator-only rows of several result files side by side (mean ± std over seeds), then per seed."""
+    runs = []
+    for path in paths:
+        result = json.loads(path.read_text())
+        setup = result["setup"]
+        recipe = f"{setup['clips']} clips x {setup['frames']}, {setup['epochs']} ep."
+        for m in result["models"]:
+            if m.get("kind") == "simulator":
+                runs.append((f"{m['name']}, {recipe} ({path.name})", m))
+    rows, per_seed = [], []
+    for name, m in runs:
+        cells = [name, str(len(m["scores"]))]
+        for _, path, spec in COMPARE:
+            mean, std = mean_std(get(s, path) for s in m["scores"])
+            cells.append(fmt(mean, spec, std if len(m["scores"]) > 1 else None))
+        rows.append(cells)
+        seeds = " / ".join(str(s) for s in m["seeds"])
+        per_seed.append(
+            [name, seeds]
+            + [" / ".join(fmt(get(s, path), spec) for s in m["scores"]) for _, path, spec in COMPARE]
+            + [" / ".join(f"{t:.0f}" for t in m["train_s"])]
+        )
+    head = [c for c, _, _ in COMPARE]
+    return (
+        markdown_table(["simulator-only", "runs", *head], rows)
+        + "\n\nPer seed:\n\n"
+        + markdown_table(["simulator-only", "seeds", *head, "training s"], per_seed)
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cvat-lus", help="the CVAT backup")
@@ -153,10 +196,15 @@ def main() -> None:
         help="simulate with the pleural line labelled as a band this many px thick (pleura simulate)",
     )
     ap.add_argument("--a-line-label-px", type=float, default=None, help="A-line band thickness in px")  # fmt: skip
+    ap.add_argument("--randomize", action="store_true", help="simulate with domain randomisation (pleura simulate)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "real_seg.json")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "results" / "real_seg_examples.png")
+    ap.add_argument("--table", type=Path, nargs="+", default=None, help="compare result files; runs nothing")
     args = ap.parse_args()
+    if args.table:
+        print(compare_tables(args.table))
+        return
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no such folder (the cvat-lus CVAT task backup); pass --data")
     start = time.perf_counter()
@@ -178,6 +226,8 @@ def main() -> None:
         bands = [] if args.line_label_px is None else ["--line-label-px", str(args.line_label_px)]
         if args.a_line_label_px is not None:
             bands += ["--a-line-label-px", str(args.a_line_label_px)]
+        if args.randomize:
+            bands.append("--randomize")
         for seed in args.seeds:
             sim = work / f"sim{seed}"
             if not (sim / "manifest.csv").is_file():
@@ -196,7 +246,8 @@ def main() -> None:
                 print(f"{schema} seed {seed} ({seconds:.0f} s): {json.dumps(score)}", flush=True)
         for schema, runs in trained.items():
             if runs:
-                models.append({"name": f"simulator-only {schema} U-Net (w{args.width})", "kind": "simulator",
+                kind = "randomised " if args.randomize else ""
+                models.append({"name": f"simulator-only {kind}{schema} U-Net (w{args.width})", "kind": "simulator",
                                "schema": schema, "seeds": [r["seed"] for r in runs],
                                "train_s": [round(r["train_s"], 1) for r in runs], "scores": [r["score"] for r in runs],
                                "runs": [r["run"] for r in runs]})  # fmt: skip
@@ -231,6 +282,7 @@ def main() -> None:
             "schemas": args.schemas,
             "line_label_px": args.line_label_px,
             "a_line_label_px": args.a_line_label_px,
+            "randomize": args.randomize,
         },
         "targets": {"pleural_line_dice": 0.60, "a_line_dice": 0.40},
         "seconds": round(time.perf_counter() - start, 1),

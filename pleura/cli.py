@@ -109,6 +109,9 @@ def simulate(
     a_line_label_px: float | None = typer.Option(
         None, "--a-line-label-px", help="A-line band thickness in px (default: --line-label-px)."
     ),
+    randomize: bool = typer.Option(
+        False, "--randomize", help="Domain randomisation: vary scanner, chest wall, display and export per clip."
+    ),
     overwrite: Overwrite = False,
 ) -> None:
     """Simulate lung-ultrasound frames with anatomy, dense and sparse masks and a manifest."""
@@ -127,6 +130,7 @@ def simulate(
         style=style,
         line_label_px=line_label_px,
         a_line_label_px=a_line_label_px,
+        randomize=randomize,
     )
     try:
         cfg.validate()

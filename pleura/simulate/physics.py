@@ -39,8 +39,16 @@ def rf_from_scatterers(scatterers: np.ndarray, pulse: np.ndarray, profile: np.nd
     return ndimage.convolve1d(rf, profile, axis=1, mode="nearest")
 
 
-def envelope(rf: np.ndarray) -> np.ndarray:
-    """Envelope detection: magnitude of the analytic signal along depth."""
+def envelope(rf: np.ndarray, pad: int = 0) -> np.ndarray:
+    """Envelope detection: magnitude of the analytic signal along depth.
+
+    ``signal.hilbert`` works on the FFT, so each line wraps around: strong echoes at the top leak into the
+    bottom rows. ``pad`` zero samples appended below the lines (and removed again) keep them apart; 0 keeps
+    the default simulator's output as it has always been.
+    """
+    if pad > 0:
+        padded = np.concatenate([rf, np.zeros((pad, *rf.shape[1:]), rf.dtype)], axis=0)
+        return np.abs(signal.hilbert(padded, axis=0))[: rf.shape[0]].astype(np.float32)
     return np.abs(signal.hilbert(rf, axis=0)).astype(np.float32)
 
 

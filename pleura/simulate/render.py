@@ -88,8 +88,9 @@ class ClipRenderer:
         lines_per_mm = 1.0 / self.mm_per_line
 
         # PSF: pulse and beam width from the probe's frequency (axial ~ half a pulse, lateral ~ beam).
-        axial_mm = 1.3 / scene.freq_mhz  # pulse envelope sigma: ~0.15 mm at 9 MHz, ~0.33 mm at 4 MHz
-        lateral_mm = 3.5 / scene.freq_mhz  # beam sigma: ~0.4 mm at 9 MHz, ~0.9 mm at 4 MHz
+        psf = scene.extras.get("psf_scale", 1.0)  # domain randomisation: coarser or finer speckle
+        axial_mm = 1.3 / scene.freq_mhz * psf  # pulse envelope sigma: ~0.15 mm at 9 MHz, ~0.33 mm at 4 MHz
+        lateral_mm = 3.5 / scene.freq_mhz * psf  # beam sigma: ~0.4 mm at 9 MHz, ~0.9 mm at 4 MHz
         self.pulse = physics.gabor_pulse(max(axial_mm / self.dz, 1.0))
         self.beam = physics.beam_profile(max(lateral_mm * lines_per_mm, 0.7))
         self.video_smoothing = (1.2 * axial_mm / self.dz, 0.8 * lateral_mm * lines_per_mm)
@@ -115,6 +116,10 @@ class ClipRenderer:
 
         # Pleural line: depth, thickness, label band, echo amplitude.
         depth = d0 + 0.35 * _smooth(rng, nx, nx / 5) + s.irregularity * 0.9 * _smooth(rng, nx, 1.2 * lines_per_mm)
+        # Domain randomisation (``pleura.simulate.randomize``) may tilt the pleura and the chest wall (mm/mm).
+        slope = s.extras["tilt"] * (u - s.lateral_mm / 2) if "tilt" in s.extras else None
+        if slope is not None:
+            depth = depth + slope
         thick = s.pleural_thickness_mm * np.clip(1 + 0.3 * s.irregularity * _smooth(rng, nx, 2 * lines_per_mm), 0.5, 2)
         half = np.maximum(thick / 2 + PULSE_HALF_MM, self.geom.min_label_mm / 2)
         self.pl_depth, self.pl_top, self.pl_bottom = depth, depth - half, depth + half
@@ -134,6 +139,8 @@ class ClipRenderer:
             p = (u[m] - a) / max(b - a, 1e-6)
             rib_col |= m
             rib_surface[m] = d0 - s.rib_above_pleura_mm + 1.6 * (2 * p - 1) ** 2
+            if slope is not None:
+                rib_surface[m] += slope[m]
         self.rib_col = rib_col
         inter = ~rib_col
 
@@ -175,7 +182,9 @@ class ClipRenderer:
         # Chest wall: skin, alternating fat / muscle layers separated by fascia.
         wall_floor = np.where(rib_col, rib_surface, self.pl_top)[None, :]
         layer_depths = [f * d0 + 0.5 * _smooth(rng, nx, nx / 4) for f in s.fascia_fractions]
-        wall_rows = min(nz, int(np.ceil(float(wall_floor.max()) / self.dz)) + 1)
+        if slope is not None:
+            layer_depths = [ld + f * slope for f, ld in zip(s.fascia_fractions, layer_depths, strict=True)]
+        wall_rows = max(1, min(nz, int(np.ceil(float(wall_floor.max()) / self.dz)) + 1))  # >= 1: wall above the frame
         striation = np.zeros((nz, nx), np.float32)  # muscle fibres: long laterally, thin axially
         striation[:wall_rows] = ndimage.gaussian_filter(rng.standard_normal((wall_rows, nx), np.float32), (0.6, 6.0))
         striation /= striation[:wall_rows].std() + 1e-9
@@ -184,15 +193,29 @@ class ClipRenderer:
         for ld in layer_depths:
             layer += (z > ld[None, :]).astype(np.int8)
         muscle = (layer % 2) == 1
-        tissue[muscle] = ECHO["muscle"] * np.clip(1 + 0.6 * striation[muscle], 0.2, 3)
-        tissue[z[:, 0] < 1.5, :] = ECHO["skin"]
+        tissue[muscle] = s.extras.get("muscle_echo", ECHO["muscle"]) * np.clip(1 + 0.6 * striation[muscle], 0.2, 3)
+        tissue[z[:, 0] < s.extras.get("skin_mm", 1.5), :] = s.extras.get("skin_echo", ECHO["skin"])
         wall = z < wall_floor
         diffuse[wall] = tissue[wall]
+        fascia_mm = s.extras.get("fascia_mm")  # None: a thin sheet (the default); else a speckled band this thick
         for ld in layer_depths:
-            band = (np.abs(z - ld[None, :]) <= 0.4) & (z < wall_floor - 0.8)
-            lab[band] = A["fascia"]
-            amp = ECHO["fascia"] * np.clip(0.6 + 0.8 * _smooth(rng, nx, 3 * lines_per_mm), 0, 2)
-            spec += amp[None, :] * _sheet(z, ld[None, :], self.dz) * (z < wall_floor - 0.8)
+            half = 0.4 if fascia_mm is None else max(0.4, fascia_mm / 2)
+            above = z < wall_floor - 0.8
+            lab[(np.abs(z - ld[None, :]) <= half) & above] = A["fascia"]
+            amp = s.extras.get("fascia_echo", ECHO["fascia"]) * np.clip(
+                0.6 + 0.8 * _smooth(rng, nx, 3 * lines_per_mm), 0, 2
+            )
+            if fascia_mm is None:
+                spec += amp[None, :] * _sheet(z, ld[None, :], self.dz) * above
+            else:
+                spec += amp[None, :] * self._band(ld, np.full(nx, fascia_mm, np.float32)) * above
+                if s.extras.get("clutter", 0.0) > 0:  # reverberations of the layer, above the pleura only
+                    k = 2
+                    while k <= 6 and k * float(ld.mean()) < float(self.pl_top.max()):
+                        keep = above & (z < self.pl_top[None, :] - 1.0)
+                        echo = self._band(k * ld, np.full(nx, 1.5 * fascia_mm, np.float32))
+                        spec += (s.extras["clutter"] * 0.6 ** (k - 2)) * amp[None, :] * echo * keep
+                        k += 1
 
         # Ribs and their shadows.
         rs = rib_surface[None, :]
@@ -213,7 +236,7 @@ class ClipRenderer:
         lab[lung] = A["lung_unhealthy"] if unhealthy else A["lung_healthy"]
         thick_band = ic & (np.abs(z - depth[None, :]) <= thick[None, :] / 2)
         diffuse += np.where(thick_band & (thick[None, :] > 1.5), 0.25, 0.0).astype(np.float32)
-        haze_level = ECHO["lung_haze"] * (1.2 if unhealthy else 1.0)
+        haze_level = ECHO["lung_haze"] * (1.2 if unhealthy else 1.0) * s.extras.get("haze_gain", 1.0)
         haze[lung] = (haze_level * np.exp(-np.maximum(below, 0) / (0.5 * self.geom.depth_mm)))[lung]
 
         cons = lung & (below <= cons_extent[None, :]) & (cons_extent[None, :] > 0)
@@ -352,7 +375,8 @@ class ClipRenderer:
         artifacts = (self.haze + b_echo) * self.n_l * self.diffuse_norm + art_spec * (1 + 0.3 * self.n_s)
         noise = self.noise * rng.standard_normal(self.n_t.shape, dtype=np.float32)
         scatter = tissue_diffuse * self.diffuse_norm + tissue_spec + artifacts + noise * self.diffuse_norm
-        env = physics.envelope(physics.rf_from_scatterers(scatter.astype(np.float32), self.pulse, self.beam))
+        rf = physics.rf_from_scatterers(scatter.astype(np.float32), self.pulse, self.beam)
+        env = physics.envelope(rf, pad=int(s.extras.get("envelope_pad", 0)))  # randomised scenes pad (no wrap)
         env = ndimage.gaussian_filter(env, self.video_smoothing)  # scanner speckle reduction
         disp = physics.log_compress(env, 1.0, s.dynamic_range_db, s.gain_db)
 

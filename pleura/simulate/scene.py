@@ -23,6 +23,7 @@ Sources (see ``../shared/LUS-REFERENCE.md`` and ``docs/simulator.md``):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -206,13 +207,23 @@ def free_intervals(lateral: float, taken: list[tuple[float, float]]) -> list[tup
     return out
 
 
-def sample_scene(rng: np.random.Generator, diagnosis: str, probe: Probe | str, size: int) -> Scene:
-    """Draw one clip's scene from the diagnosis- and probe-conditioned priors (``probe``: see ``Probe.parse``)."""
+def sample_scene(
+    rng: np.random.Generator,
+    diagnosis: str,
+    probe: Probe | str,
+    size: int,
+    settings: Mapping[Probe, Mapping[str, tuple[float, float]]] | None = None,
+) -> Scene:
+    """Draw one clip's scene from the diagnosis- and probe-conditioned priors (``probe``: see ``Probe.parse``).
+
+    ``settings`` replaces ``PROBE_SETTINGS`` (the ranges of frequency, depth, aperture or sector and
+    skin-to-pleura depth), as domain randomisation does with wider ranges; it draws the same numbers.
+    """
     if diagnosis not in DIAGNOSES:
         raise ValueError(f"unknown diagnosis {diagnosis!r}; choose from {', '.join(DIAGNOSES)}")
     probe = Probe.parse(probe)
     pri = PRIORS[diagnosis]
-    ps = PROBE_SETTINGS[probe]
+    ps = (PROBE_SETTINGS if settings is None else settings)[probe]
     # Geometry is rounded to 0.01 so that the manifest's values rebuild it exactly (for densify).
     depth = round(_u(rng, ps["depth_mm"]), 2)
     if probe is Probe.LINEAR:
@@ -253,7 +264,7 @@ def sample_scene(rng: np.random.Generator, diagnosis: str, probe: Probe | str, s
         claimed.append((s, e))
     if big_free and rng.random() < pri["p_effusion"]:
         s, e = span((0.4, 0.8) if probe is Probe.CURVILINEAR else (0.7, 1.0))
-        effusion = (s, e, rng.uniform(6.0, 0.3 * (depth - pleura)))
+        effusion = (s, e, rng.uniform(6.0, max(6.0, 0.3 * (depth - pleura))))  # (wider randomised ranges)
         claimed.append((s, e))
     if rng.random() < pri["p_subpleural"]:
         for c in _place(rng, int(rng.integers(1, 4)), free_intervals(lateral, ribs + claimed), 8.0):

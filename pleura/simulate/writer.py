@@ -23,6 +23,7 @@ from pleura.atomic import staged_folder
 from pleura.labels import DIAGNOSES, PROBES, SCHEMA_ORDER, SCHEMAS, Probe, convert
 from pleura.parallel import parallel_map
 from pleura.simulate.bands import thicken_lines
+from pleura.simulate.randomize import randomized_clip
 from pleura.simulate.render import ClipRenderer, Frame
 from pleura.simulate.scene import Scene, sample_scene
 from pleura.simulate.style import STYLES, apply_style
@@ -58,6 +59,9 @@ class SimulationConfig:
     # ``size``), as experts draw them (``pleura.simulate.bands``); None: as thin as their echo (the default).
     line_label_px: float | None = None
     a_line_label_px: float | None = None  # None: the same as line_label_px
+    # Domain randomisation (issue 14, ``pleura.simulate.randomize``): scanner, chest wall, display and export
+    # varied per clip, labels transformed with the image. False: the plain simulator (the default).
+    randomize: bool = False
 
     def __post_init__(self) -> None:
         if self.probe != MIXED:  # a probe named by an alias or in another case becomes the Probe
@@ -125,7 +129,11 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
     cfg, index, root_str = args
     root = Path(root_str)
     diagnosis, probe = cfg.clip_setting(index)
-    scene, frames = simulate_clip(cfg.seed, index, diagnosis, probe, cfg.size, cfg.frames)
+    randomizer = None
+    if cfg.randomize:
+        scene, randomizer, frames = randomized_clip(cfg.seed, index, diagnosis, probe, cfg.size, cfg.frames)
+    else:
+        scene, frames = simulate_clip(cfg.seed, index, diagnosis, probe, cfg.size, cfg.frames)
     clip_id = f"clip{index:06d}"
     rows = []
     for t, frame in enumerate(frames):
@@ -137,21 +145,26 @@ def _write_clip(args: tuple[SimulationConfig, int, str]) -> list[dict[str, objec
             rel = f"masks/{name}/{fid}.png"
             _save_png(convert(anatomy, "anatomy", name), root / rel, SCHEMAS[name].palette())
             row[f"mask_{name}"] = rel
+        summary = scene.summary()
+        if randomizer is not None:  # the export geometry changed the pixel size
+            summary["pixel_mm"], summary["pixel_mm_x"] = (round(mm, 4) for mm in randomizer.pixel_mm)
         row.update(
             diagnosis=diagnosis, probe=probe, clip_id=clip_id, patient_id=clip_id, frame=t, seed=cfg.seed,
-            clip_index=index, **scene.summary(), n_alines=frame.n_alines, n_blines=frame.n_blines, source="simulated",
+            clip_index=index, **summary, n_alines=frame.n_alines, n_blines=frame.n_blines, source="simulated",
         )  # fmt: skip
         rows.append(row)
     return rows
 
 
 def dataset_config(cfg: SimulationConfig) -> dict[str, object]:
-    """``cfg`` as ``dataset.json`` records it (and as a cache compares it): the label-band settings only when
-    set, so that a default run writes the same bytes as before they existed."""
+    """``cfg`` as ``dataset.json`` records it (and as a cache compares it): the label-band and randomisation
+    settings only when set, so that a default run writes the same bytes as before they existed."""
     record = asdict(cfg)
     for name in ("line_label_px", "a_line_label_px"):
         if record[name] is None:
             del record[name]
+    if not record["randomize"]:
+        del record["randomize"]
     return record
 
 
