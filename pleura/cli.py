@@ -279,6 +279,12 @@ def train_cls(
     tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing.", min=0),
     aux_seg_weight: float = typer.Option(0.0, "--aux-seg-weight", help="Auxiliary segmentation loss weight.", min=0.0),
+    seg_data: Path = typer.Option(
+        None, "--seg-data", help="Simulated frames with masks: a segmentation batch beside every step.", **DATASET
+    ),
+    seg_weight: float = typer.Option(
+        0.5, "--seg-weight", help="Weight of the --seg-data segmentation loss.", callback=_positive
+    ),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold.", min=1),
     batch_size: BatchSize = 8,
     lr: float = typer.Option(
@@ -304,7 +310,8 @@ def train_cls(
     try:
         cfg = ClsTrainConfig(
             init=init, model=ClassifierConfig(tap=tap), freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight,
-            epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, group=group, device=device,
+            seg_data=str(seg_data) if seg_data is not None else None, seg_weight=seg_weight, epochs=epochs,
+            batch_size=batch_size, lr=lr, patience=patience, seed=seed, group=group, device=device,
         )  # fmt: skip
         env = init_distributed(device)
     except ValueError as e:
@@ -628,6 +635,16 @@ def pocus_experiment(
         None, "--width", help="U-Net width (first level channels); default: the budget's.", min=1, max=256
     ),
     inits: str = typer.Option("dense,sparse,scratch", "--inits", help="Variants to train, comma-separated."),
+    seg_weight: float = typer.Option(
+        0.5, "--seg-weight", help="Segmentation loss on the simulated frames while fine-tuning (0: none).", min=0.0
+    ),
+    cvat_lus: Path = typer.Option(
+        None,
+        "--cvat-lus",
+        help="Real clip with expert masks for the segmentation check (a CVAT backup such as ../shared/data/cvat-lus, "
+        "or a dataset with sparse masks); none: no real check.",
+        **DATASET,
+    ),
     device: Device = "auto",
 ) -> None:
     """Simulator-pretrained reverse transfer on real POCUS frames, against scratch, with 5-fold by patient."""
@@ -641,9 +658,10 @@ def pocus_experiment(
 
     def config() -> PocusExperimentConfig:  # replace() runs the configs' checks (__post_init__) on the new values
         seg = replace(base.seg, style=style, width=width if width is not None else base.seg.width)
-        return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()))
+        return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()),
+                       seg_weight=seg_weight)  # fmt: skip
 
-    _study(partial(run_pocus, data), out, config, device)
+    _study(partial(run_pocus, data, real_seg=cvat_lus), out, config, device)
 
 
 @app.command()

@@ -6,12 +6,19 @@ by diagnosis and grouped by patient. Besides frame- and video-level metrics (as 
 breaks results down by data source (source and class are partly confounded in POCUS), checks the
 segmentation's biomarkers against the dataset's own pathology flags, measures the sim-to-real gap, and
 sets everything beside the published POCOVID-Net figures.
+
+No real frame has a mask, so fine-tuning for diagnosis alone would erase what the U-Net learnt to segment (issue
+14). With ``seg_weight`` > 0 (the default) every variant, scratch included, is fine-tuned with the pretraining's
+simulated training frames as ``--seg-data``: each classification step also takes a segmentation step on them. The
+report scores the segmentation before fine-tuning (the pretrained U-Nets) and after (each fold's classifier) on
+the simulated test set and, when given, on the real cvat-lus clip with expert polygons.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +28,9 @@ import numpy as np
 
 from pleura.atomic import write_json, write_text
 from pleura.data import read_manifest
+from pleura.data.annotations import AnnotationImportConfig, import_annotations
 from pleura.data.pocus import PocusImportConfig, import_pocus, is_pocus_source
+from pleura.evaluate.real_seg import score_real_segmentation, sparse_predictions
 from pleura.experiments.dense_vs_sparse import (
     DenseVsSparseConfig,
     recorded_seconds,
@@ -30,10 +39,12 @@ from pleura.experiments.dense_vs_sparse import (
     training_line,
 )
 from pleura.experiments.reproduce import INITS, train_variants
-from pleura.labels import DIAGNOSES
+from pleura.labels import DIAGNOSES, SPARSE
 from pleura.metrics.classification import binary_roc_auc
+from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import ClassifierConfig, UNetConfig
-from pleura.report import fmt, markdown_table
+from pleura.models.checkpoint import read_checkpoint
+from pleura.report import fmt, markdown_table, mean_std
 from pleura.simulate import SimulationConfig
 from pleura.simulate.style import STYLES
 from pleura.train.cls import ClsTrainConfig
@@ -52,6 +63,13 @@ PUBLISHED = (
     ("POCOVID-Net, Born et al. 2021 (5 folds by video)", "frame", 0.90, 0.08, 0.96, 0.04),
     ("POCOVID-Net, Born et al. 2020", "video", 0.98, None, 0.91, None),
 )
+#: the cvat-lus clip's CVAT labels in the sparse schema (as benchmarks/bench_real_seg.py imports it)
+CVAT_LUS_LABELS = {"schema": "sparse", "labels": {"aline": "a_line", "lungslidingpresent": "pleural_line"}}
+#: the segmentation scores of the report: (key, column head)
+SEG_SIM_KEYS = (("mean_iou", "sim. mean IoU"), ("pleural_line_dice", "sim. pleural-line Dice"),
+                ("a_line_dice", "sim. A-line Dice"))  # fmt: skip
+SEG_REAL_KEYS = (("pleural_line_dice", "real pleural-line Dice"), ("a_line_dice", "real A-line Dice"),
+                 ("fp_a_line_per_frame", "real FP A-line comp./frame"))  # fmt: skip
 
 
 @dataclass
@@ -70,6 +88,7 @@ class PocusExperimentConfig:
     cls_lr: float = 1e-3
     batch_size: int = 16
     inits: tuple[str, ...] = INITS
+    seg_weight: float = 0.5  # segmentation loss on the pretraining's simulated frames while fine-tuning; 0: none
 
     def __post_init__(self) -> None:
         if self.seg.style not in STYLES:
@@ -79,6 +98,9 @@ class PocusExperimentConfig:
             raise ValueError(f"unknown variants {unknown or list(self.inits)}; choose from: {', '.join(INITS)}")
         if not isinstance(self.seg.width, int) or self.seg.width < 1:
             raise ValueError(f"width should be a positive integer, got {self.seg.width!r}")
+        w = self.seg_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"seg_weight should be a number >= 0 (0: no segmentation loss), got {w!r}")
 
     @property
     def size(self) -> int:
@@ -123,6 +145,66 @@ def prepare_data(
     return out
 
 
+def prepare_real_seg(src: Path, out: Path, size: int) -> Path:
+    """The real segmentation check's dataset at the experiment's size: a manifest dataset with sparse masks used as
+    it is, or the cvat-lus CVAT backup imported into ``out`` (cached) with :data:`CVAT_LUS_LABELS`."""
+    if (src / "manifest.csv").is_file():
+        return src
+    data, meta = out / f"cvat-lus{size}", out / "cvat-lus.json"
+    wanted = {"source": str(src.resolve()), "size": size, "labels": CVAT_LUS_LABELS}
+    if (data / "manifest.csv").is_file() and meta.is_file() and json.loads(meta.read_text()) == wanted:
+        return data
+    out.mkdir(parents=True, exist_ok=True)
+    labels = write_json(out / "cvat-lus-labels.json", CVAT_LUS_LABELS)
+    import_annotations(src, data, labels, AnnotationImportConfig(format="cvat", size=size, workers=1), overwrite=True)
+    write_json(meta, wanted)
+    return data
+
+
+def seg_scores(model: Any, sim: Path, real: Path | None) -> dict[str, Any]:
+    """One model's segmentation, mapped to the sparse schema: on the simulated set ``sim`` (mean IoU over the sparse
+    classes, pleural-line and A-line Dice) and, when given, on the real labelled set ``real``
+    (:func:`~pleura.evaluate.real_seg.score_real_segmentation`: Dice of each line on the frames the expert drew it,
+    false-positive A-line components per frame)."""
+    metrics = SegmentationMetrics(SPARSE.num_classes, class_names=list(SPARSE.names))
+    for _batch, pred, truth in sparse_predictions(model, sim):
+        metrics.update(pred, truth)
+    m = metrics.aggregate()
+    out: dict[str, Any] = {
+        "sim": {
+            "mean_iou": m["mean_iou"],
+            "pleural_line_dice": m["dice"][SPARSE.index("pleural_line")],
+            "a_line_dice": m["dice"][SPARSE.index("a_line")],
+        }
+    }
+    if real is not None:
+        r = score_real_segmentation(model, real)
+        out["real"] = {
+            "pleural_line_dice": r["pleural_line"]["dice"],
+            "a_line_dice": r["a_line"]["dice"],
+            "fp_a_line_per_frame": r["a_line"]["fp_components_per_frame"],
+        }
+    return out
+
+
+def segmentation_check(
+    seg_runs: Path, runs: dict[str, Path], sim: Path, real: Path | None, seed: int
+) -> dict[str, dict[str, Any]]:
+    """Segmentation before fine-tuning (each pretrained U-Net's ``best``; none for scratch) and after (each fold's
+    classifier ``best``, the checkpoint its predictions come from), with the mean and std over folds."""
+    out: dict[str, dict[str, Any]] = {}
+    for init, run in runs.items():
+        before = None
+        if init != "scratch":
+            before = seg_scores(read_checkpoint(seg_runs / f"{init}-seed{seed}" / "best")[0].eval(), sim, real)
+        folds = [seg_scores(read_checkpoint(f / "best")[0].eval(), sim, real) for f in sorted(run.glob("fold*"))]
+        after: dict[str, dict[str, list[float]]] = {}
+        for where in folds[0] if folds else {}:
+            after[where] = {k: list(mean_std(f[where][k] for f in folds)) for k in folds[0][where]}
+        out[init] = {"before": before, "folds": folds, "after": after}
+    return out
+
+
 def run_pocus(
     data: str | Path,
     out: str | Path,
@@ -130,23 +212,33 @@ def run_pocus(
     env: DistEnv,
     progress: Progress | None = None,
     files: list[str] | None = None,
+    real_seg: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Import, pretrain on the simulator, reverse-transfer with k-fold, evaluate; writes ``report.md``."""
+    """Import, pretrain on the simulator, reverse-transfer with k-fold, evaluate; writes ``report.md``.
+
+    ``real_seg``: real frames with expert masks for the segmentation check, the cvat-lus CVAT backup (e.g.
+    ``../shared/data/cvat-lus``) or a manifest dataset with sparse masks; None skips the real check.
+    """
     out = Path(out)
     start = time.perf_counter()
     real = prepare_data(Path(data), out / "data", cfg, progress, files)
     rows = read_manifest(real)
+    real_seg_data = prepare_real_seg(Path(real_seg), out / "real-seg", cfg.size) if real_seg is not None else None
     timings = {"import_s": time.perf_counter() - start}
     seg = run_experiment(out / "segmentation", cfg.seg, env, progress)
     timings["pretrain_s"] = time.perf_counter() - start - timings["import_s"]
+    sim_train, sim_test = _sim_data(out, cfg)
+    seg_data = {"seg_data": str(sim_train), "seg_weight": cfg.seg_weight} if cfg.seg_weight > 0 else {}
     ccfg = ClsTrainConfig(
         epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=cfg.seed, batch_size=cfg.batch_size,
         model=ClassifierConfig(unet=UNetConfig(width=cfg.seg.width, depth=cfg.seg.depth)), group="patient_id",
+        **seg_data,
     )  # fmt: skip
     runs = train_variants(real, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env, progress,
                           inits=cfg.inits)  # fmt: skip
     timings["transfer_s"] = time.perf_counter() - start - timings["import_s"] - timings["pretrain_s"]
     evals = {i: json.loads((r / "eval.json").read_text()) for i, r in runs.items()}
+    seg_check = segmentation_check(out / "segmentation" / "runs", runs, sim_test, real_seg_data, cfg.seed)
     gap = {f"{cfg.seg.style} (pretraining data)": _gap(real, rows, out / "segmentation" / "data" / "train", cfg.seed)}
     for style in STYLES:  # the same scenes in the other styles: what each style does to the gap
         if style != cfg.seg.style:
@@ -161,6 +253,11 @@ def run_pocus(
         "by_source": {i: by_source(r, rows) for i, r in runs.items()},
         "flags": {i: flag_check(r, rows) for i, r in runs.items()},
         "domain_gap": gap,
+        "segmentation_check": {
+            "sim_data": str(sim_test),
+            "real_data": str(real_seg_data) if real_seg_data is not None else None,
+            "variants": seg_check,
+        },
         "timings_s": timings,
         "training_s": training_seconds(out, runs, cfg.seed),
         "seconds": time.perf_counter() - start,
@@ -174,6 +271,13 @@ def run_pocus(
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_markdown(results))
     return results
+
+
+def _sim_data(out: Path, cfg: PocusExperimentConfig) -> tuple[Path, Path]:
+    """The pretraining's simulated training and test sets (given in ``cfg.seg``, or simulated under ``out``)."""
+    if cfg.seg.train_data is not None and cfg.seg.test_data is not None:
+        return Path(cfg.seg.train_data), Path(cfg.seg.test_data)
+    return out / "segmentation" / "data" / "train", out / "segmentation" / "data" / "test"
 
 
 def _gap(real: Path, rows: list[dict[str, str]], sim: Path, seed: int) -> dict[str, Any]:
@@ -251,8 +355,10 @@ def flag_check(run: Path, rows: list[dict[str, str]]) -> dict[str, dict[str, Any
     """Do the segmentation's clip biomarkers agree with the dataset's own pathology flags?
 
     For each flag, the clips flagged 1 and 0 are compared through the biomarker (max of counts, mean of
-    fractions over the clip's frames): the mean in each group and the ROC AUC of the biomarker for the flag
-    (0.5: no agreement beyond chance).
+    fractions over the clip's frames): the mean in each group over the clips where it was found, the share of
+    clips where it was found and above 0, and the ROC AUC of the biomarker for the flag (0.5: no agreement
+    beyond chance) over all flagged clips, a clip where it was not found (no pleural line, an empty cell)
+    ranked lowest: nothing seen.
     """
     flags = {r["clip_id"]: r for r in rows}
     path = run / "clip_biomarkers.csv"
@@ -265,20 +371,25 @@ def flag_check(run: Path, rows: list[dict[str, str]]) -> dict[str, dict[str, Any
         ys, xs = [], []
         for c in clips:
             f = flags.get(c["clip_id"], {}).get(flag, "")
-            if f in ("0", "1") and c.get(marker, "") not in ("", "nan"):
+            if f in ("0", "1"):
                 ys.append(int(f))
-                xs.append(float(c[marker]))
-        y, x = np.array(ys), np.array(xs)
-        pos, neg = x[y == 1], x[y == 0]
+                xs.append(float(c[marker]) if c.get(marker, "") not in ("", "nan") else math.nan)
+        y, x = np.array(ys, dtype=int), np.array(xs, dtype=float)
+        seen = np.isfinite(x)
+        ranked = np.where(seen, x, (x[seen].min() if seen.any() else 0.0) - 1.0)  # not found: below every value
+        pos, neg = x[(y == 1) & seen], x[(y == 0) & seen]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
         out[flag] = {
             "biomarker": marker,
-            "clips_flagged": int(pos.size),
-            "clips_unflagged": int(neg.size),
+            "clips_flagged": n_pos,
+            "clips_unflagged": n_neg,
+            "clips_flagged_found": int(pos.size),
+            "clips_unflagged_found": int(neg.size),
             "mean_flagged": float(pos.mean()) if pos.size else float("nan"),
             "mean_unflagged": float(neg.mean()) if neg.size else float("nan"),
-            "share_flagged_detected": float((pos > 0).mean()) if pos.size else float("nan"),
-            "share_unflagged_detected": float((neg > 0).mean()) if neg.size else float("nan"),
-            "auc": binary_roc_auc(y, x) if pos.size and neg.size else float("nan"),
+            "share_flagged_detected": float((pos > 0).sum() / n_pos) if n_pos else float("nan"),
+            "share_unflagged_detected": float((neg > 0).sum() / n_neg) if n_neg else float("nan"),
+            "auc": binary_roc_auc(y, ranked) if n_pos and n_neg else float("nan"),
         }
     return out
 
@@ -300,7 +411,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"{cfg['seg']['size']} px. Segmentation pretraining used **simulated** frames only (no real frame has a mask). "
         f"{cfg['folds']}-fold cross-validation stratified by diagnosis and grouped by patient; {cfg['cls_epochs']} "
         f"epochs per fold ({cfg['freeze_epochs']} with the U-Net frozen), U-Net width {cfg['seg']['width']}, seed "
-        f"{cfg['seed']}. Mean ± standard deviation over folds. " + training_line(results),
+        f"{cfg['seed']}. " + _seg_line(cfg) + " Mean ± standard deviation over folds. " + training_line(results),
         "",
     ]
     rows = [
@@ -375,6 +486,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         "AUC",
     ]
     lines.append(markdown_table(head, rows))
+    lines += ["", *segmentation_section(results.get("segmentation_check"), cfg)]
     lines += [
         "",
         "## Sim-to-real gap",
@@ -427,6 +539,52 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _seg_line(cfg: dict[str, Any]) -> str:
+    """The report sentence on the segmentation loss during fine-tuning."""
+    w = cfg.get("seg_weight", 0)
+    if not w:
+        return "Fine-tuning had no segmentation loss (seg_weight 0): nothing keeps the U-Net segmenting."
+    scratch = " (scratch included)" if "scratch" in cfg.get("inits", ()) else ""
+    return (
+        f"Every fine-tuning step, for every variant{scratch}, also took a segmentation step on a batch of "
+        f"the pretraining's simulated training frames (`train-cls --seg-data`, weight {w:g})."
+    )
+
+
+def segmentation_section(check: dict[str, Any] | None, cfg: dict[str, Any]) -> list[str]:
+    """The report's table of segmentation quality before and after fine-tuning, simulated and real."""
+    if not check:
+        return []
+    real = check.get("real_data")
+    keys = [("sim", k, h) for k, h in SEG_SIM_KEYS] + ([("real", k, h) for k, h in SEG_REAL_KEYS] if real else [])
+    spec = lambda k: ".2f" if k.startswith("fp_") else ".3f"  # noqa: E731
+    rows = []
+    for init, v in check["variants"].items():
+        if v["before"] is not None:
+            cells = [fmt(v["before"][w][k], spec(k), missing="n/a") for w, k, _ in keys]
+            rows.append([init, "pretrained U-Net (before)", *cells])
+        cells = [fmt(v["after"][w][k][0], spec(k), pm=v["after"][w][k][1], missing="n/a") for w, k, _ in keys]
+        rows.append([init, f"classifier's U-Net (after; {len(v['folds'])} folds)", *cells])
+    lines = [
+        "## Segmentation before and after fine-tuning",
+        "",
+        _seg_line(cfg) + " Scored on the simulated test set "
+        f"(`{check['sim_data']}`, all predictions mapped to the sparse schema; mean IoU over its 4 classes)"
+        + (
+            f" and on the real cvat-lus clip (`{real}`: expert polygons, each line scored on the frames where it "
+            "was drawn; `pleura.evaluate.real_seg`)"
+            if real
+            else " (no real labelled clip given: pass the cvat-lus folder for the real check)"
+        )
+        + ". Before: the pretrained U-Net the variant starts from (scratch has none); after: each fold's "
+        "classifier (the checkpoint its predictions come from), mean ± std over folds. n/a: undefined (no pixel "
+        "of the class predicted nor true).",
+        "",
+        markdown_table(["init", "model", *(h for _, _, h in keys)], rows),
+    ]
+    return lines
 
 
 def _target_lines(t: dict[str, dict[str, dict[str, float]]]) -> list[str]:

@@ -5,6 +5,17 @@ the same architecture with random weights, so the three variants differ only in 
 draws class-balanced batches, validates on held-out patients or clips, and stops early on validation
 balanced accuracy; the loop itself (schedule, torchrun, checkpoints, resume) is ``pleura.train.loop``.
 ``train_kfold`` runs stratified group k-fold and writes every held-out frame's probabilities.
+
+``--seg-data DIR`` keeps the segmentation alive while the classifier learns on frames without masks (issue 14):
+every classification step also draws a batch of simulated frames with masks from ``DIR`` (a manifest dataset,
+e.g. from ``pleura simulate``) and adds ``seg_weight`` times the segmentation loss of ``train-seg`` (weighted
+cross-entropy plus soft Dice, class weights from that set's pixel counts) of the classifier's U-Net on them.
+The segmentation batches come from an endless stream of seeded shuffles of the set (:class:`SegStream`); the
+batch of optimizer step ``s`` on rank ``r`` is a function of ``(seed, s, r)`` alone, so a resumed run draws the
+same batches and torchrun ranks draw disjoint ones. They normalise with their own BatchNorm statistics but do not
+move the running ones, which keep describing the classification frames the model is used on. A held-out part of
+the set (split by clip, as ``train-seg`` splits it) is scored every epoch (``val_seg_*`` in ``metrics.jsonl``),
+and the best epoch's scores go into ``summary.json`` (``segmentation``).
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,23 +33,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from pleura.atomic import write_text
+from pleura.atomic import write_json, write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
-from pleura.labels import DENSE, DIAGNOSES, get_schema, recorded_schema
+from pleura.labels import DENSE, DIAGNOSES, SPARSE, convert, get_schema, recorded_schema
 from pleura.metrics.classification import classification_metrics
+from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import ClassifierConfig, ReverseTransferClassifier, UNet
 from pleura.models.config import nested_config
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
-from pleura.train.distributed import DistEnv, all_gather_objects
+from pleura.train.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
 from pleura.train.seg import scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
 SCRATCH_SCHEMA = DENSE  # the schema a U-Net trained from scratch predicts (its classes size the head)
+SEG_STREAM_TAG = 14  # separates the segmentation stream's shuffles from the other draws of the same seed
+TORCH_RNG_TAG = 15  # the same for the per-epoch seed of torch's generator (the head's dropout)
 
 
 @dataclass
@@ -56,11 +73,18 @@ class ClsTrainConfig(LoopConfig):
     epochs: int = 20  # maximum epochs per fold (train-cls's default; the loop's is 30)
     lr: float = 1e-3  # peak learning rate of the head
     aux_seg_weight: float = 0.0  # weight of an auxiliary segmentation loss (needs masks; keeps maps meaningful)
+    seg_data: str | None = None  # simulated frames with masks (manifest dataset): a segmentation batch every step
+    seg_weight: float = 0.5  # weight of seg_data's segmentation loss: loss = cls + seg_weight * segmentation
 
     def __post_init__(self) -> None:
         self.model = nested_config(ClassifierConfig, self.model, "ClsTrainConfig.model")
         if self.model.class_names != DIAGNOSES:
             raise ValueError(f"ClsTrainConfig.model.class_names should be {DIAGNOSES} (the manifest's diagnoses)")
+        if self.seg_data is not None:
+            self.seg_data = os.fspath(self.seg_data)  # a Path is stored as its string (config.json, resume checks)
+            w = self.seg_weight
+            if not (isinstance(w, int | float) and math.isfinite(w) and w > 0):
+                raise ValueError(f"seg_weight should be a number > 0 with seg_data, got {self.seg_weight!r}")
 
     def init_kind(self) -> tuple[str, Path | None]:
         """``(kind, run folder)`` of ``init``, checked."""
@@ -97,10 +121,95 @@ class BalancedSampler(Sampler[int]):
         return iter(draw[self.env.rank :: self.env.world_size].tolist())
 
 
+class SegStream(Dataset):
+    """An endless stream over a segmentation dataset: position ``p`` is item ``perm_c[i]`` of pass ``c``, where
+    ``c, i = divmod(p, len(dataset))`` and ``perm_c`` is a shuffle seeded by ``(seed, c)``.
+
+    Every pass visits every frame once in a new order; the frame's augmentation is seeded by ``(the dataset's
+    seed, c, index)``, so a frame seen again gets another augmentation. Each position's frame depends only on
+    these numbers (not on workers or on what was read before), which makes a stream restartable anywhere.
+    """
+
+    def __init__(self, dataset: LUSDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """``(pass, dataset index)`` of stream position ``position``."""
+        cycle, i = divmod(int(position), len(self.dataset))
+        if self._perm is None or self._perm[0] != cycle:
+            rng = np.random.default_rng([self.seed, SEG_STREAM_TAG, cycle])
+            self._perm = (cycle, rng.permutation(len(self.dataset)))
+        return cycle, int(self._perm[1][i])
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        cycle, index = self.locate(position)
+        self.dataset.set_epoch(cycle)  # the augmentation's seed: (seed, pass, index)
+        return self.dataset[index]
+
+
+class StepSampler(Sampler[int]):
+    """Stream positions of one rank, ``batch_size`` per optimizer step from step ``start`` on, without end.
+
+    Step ``s`` of rank ``r`` takes positions ``(s * world_size + r) * batch_size`` onwards: the ranks' batches
+    of a step are disjoint, and the batch of a step does not depend on where the stream was restarted.
+    """
+
+    def __init__(self, batch_size: int, env: DistEnv) -> None:
+        self.batch_size, self.env, self.start = batch_size, env, 0
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start
+        while True:
+            base = (step * self.env.world_size + self.env.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+            step += 1
+
+
+@contextmanager
+def running_stats_kept(module: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers of ``module`` normalise with their batch's statistics (in training mode) but leave their
+    running statistics as they are (momentum 0), for a batch from another domain than the one served."""
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
+
+
+def check_seg_data(root: Path, size: tuple[int, int]) -> list[dict[str, str]]:
+    """The ``--seg-data`` folder is a manifest dataset whose every frame has the classification frames' ``size``
+    (read from the image headers); returns its rows. The first frame that is not is named."""
+    if not root.is_dir():
+        raise TrainError(f"{root}: --seg-data is not a folder (a manifest dataset of simulated frames with masks)")
+    rows = read_manifest(root)
+    for row in rows:
+        path = root / row["image"]
+        try:
+            with Image.open(path) as im:
+                hw = (im.size[1], im.size[0])
+        except OSError as e:
+            raise TrainError(f"{path}: cannot read image ({e})") from None
+        if hw != tuple(size):
+            raise TrainError(
+                f"{path}: --seg-data frames must have the classification frames' size, {size[0]}x{size[1]}, "
+                f"but this one is {hw[0]}x{hw[1]}; simulate them at that size (pleura simulate --size {size[0]})"
+            )
+    return rows
+
+
 class ClsTrainer(Trainer):
     """Trains a reverse-transfer classifier on ``rows`` of a manifest dataset (one fold's training part)."""
 
-    resume_keys = ("init", "model", "freeze_epochs", "aux_seg_weight", "seed", "batch_size", "epochs")
+    resume_keys = ("init", "model", "freeze_epochs", "aux_seg_weight", "seg_data", "seg_weight", "seed", "batch_size",
+                   "epochs")  # fmt: skip
     kind = "classification"
     cfg: ClsTrainConfig
 
@@ -115,6 +224,10 @@ class ClsTrainer(Trainer):
     ) -> None:
         super().__init__(cfg, data, out, env, progress)
         self.rows = list(rows) if rows is not None else read_manifest(self.data)
+        self.seg_loader: DataLoader | None = None  # the --seg-data stream, set up by setup()
+        self.seg_val_loader: DataLoader | None = None
+        self._seg_batches: Iterator[dict[str, Any]] | None = None
+        self._seg_losses: list[float] = []
 
     def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
         """The ``Trainer.setup`` hook: checks labels and the ``--init`` run, splits ``rows`` by ``group``.
@@ -134,6 +247,8 @@ class ClsTrainer(Trainer):
         self.seg_schema = seg_schema if cfg.aux_seg_weight > 0 else None
         if self.seg_schema is not None and cfg.model.tap == "bottleneck":
             raise TrainError("--aux-seg-weight needs a tap that runs the decoder; the bottleneck tap does not")
+        if cfg.seg_data is not None and cfg.model.tap == "bottleneck":
+            raise TrainError("--seg-data needs a tap that runs the decoder; the bottleneck tap does not")
         aug = default_augmentation(self.seg_schema) if cfg.augment else None
         train = LUSDataset(self.data, self.seg_schema, transform=aug, rows=train_rows, seed=cfg.seed)
         val = LUSDataset(self.data, None, rows=val_rows)
@@ -142,8 +257,41 @@ class ClsTrainer(Trainer):
         if self.seg_schema is not None:
             schema = get_schema(self.seg_schema)
             self.seg_weights = class_weights(scan_masks(train, schema.num_classes)).to(self.device)
-        info = {"train_frames": len(train), "val_frames": len(val), "image_size": list(self.size)}
+        info: dict[str, Any] = {"train_frames": len(train), "val_frames": len(val), "image_size": list(self.size)}
+        if cfg.seg_data is not None:
+            info["seg_data"] = self._setup_seg_stream(Path(cfg.seg_data), seg_schema)
         return train, val, info
+
+    def _setup_seg_stream(self, root: Path, schema_name: str) -> dict[str, Any]:
+        """The ``--seg-data`` stream and its held-out part: checked (frame size, every mask), split by clip as
+        ``train-seg`` splits it, class weights from the training part's pixels. Returns facts for ``config.json``."""
+        cfg = self.cfg
+        rows = check_seg_data(root, self.size)
+        train_rows, val_rows = split_by_group(rows, cfg.val_fraction, seed=cfg.seed, group="clip_id")
+        aug = default_augmentation(schema_name) if cfg.augment else None
+        seg_train = LUSDataset(root, schema_name, transform=aug, rows=train_rows, seed=cfg.seed)
+        seg_val = LUSDataset(root, schema_name, rows=val_rows)
+        self.stream_schema = get_schema(schema_name)
+        counts = scan_masks(seg_train, self.stream_schema.num_classes)  # validates every mask before training
+        scan_masks(seg_val, self.stream_schema.num_classes)
+        self.stream_weights = class_weights(counts).to(self.device)
+        pin = self.device.type == "cuda"
+        self.seg_sampler = StepSampler(cfg.batch_size, self.env)
+        self.seg_loader = DataLoader(
+            SegStream(seg_train, cfg.seed), batch_size=cfg.batch_size, sampler=self.seg_sampler,
+            num_workers=cfg.workers, pin_memory=pin,
+        )  # fmt: skip
+        shard = Subset(seg_val, list(range(self.env.rank, len(seg_val), self.env.world_size)))
+        self.seg_val_loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
+                                         pin_memory=pin)  # fmt: skip
+        return {
+            "folder": str(root.resolve()),
+            "schema": schema_name,
+            "train_frames": len(seg_train),
+            "val_frames": len(seg_val),
+            "class_pixel_counts": counts.tolist(),
+            "class_weights": self.stream_weights.cpu().tolist(),
+        }
 
     def make_sampler(self, train: LUSDataset) -> Sampler:
         """The ``Trainer.make_sampler`` hook: a :class:`BalancedSampler`, so every diagnosis is drawn equally often."""
@@ -163,7 +311,8 @@ class ClsTrainer(Trainer):
     def ddp_kwargs(self) -> dict[str, Any]:
         """The ``Trainer.ddp_kwargs`` hook: ``find_unused_parameters`` when some parameters get no gradients."""
         # a frozen body, or a tap that skips the segmentation head, leaves parameters without gradients
-        unused = self.cfg.model.tap in ("bottleneck", "decoder") and self.cfg.aux_seg_weight == 0
+        seg = self.cfg.aux_seg_weight > 0 or self.cfg.seg_data is not None
+        unused = self.cfg.model.tap in ("bottleneck", "decoder") and not seg
         return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or unused}
 
     def make_optimizer(self, net: ReverseTransferClassifier) -> torch.optim.Optimizer:
@@ -175,25 +324,57 @@ class ClsTrainer(Trainer):
         return torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
 
     def on_epoch_start(self, epoch: int) -> None:
-        """The ``Trainer.on_epoch_start`` hook: the U-Net stays frozen for the first ``freeze_epochs`` epochs."""
+        """The ``Trainer.on_epoch_start`` hook: the U-Net stays frozen for the first ``freeze_epochs`` epochs; the
+        ``--seg-data`` stream restarts at the optimizer step the epoch starts with (none while the U-Net is
+        frozen: its segmentation loss could not change anything). With ``--seg-data``, torch's generator (the head's
+        dropout, the data loaders' base seeds) is seeded from ``(seed, epoch)``, so a resumed run draws what the
+        straight one did."""
         self.net.freeze_body(epoch < self.cfg.freeze_epochs)
+        if self.seg_loader is not None:  # runs without --seg-data draw as before (their figures stay reproducible)
+            torch.manual_seed(int(np.random.default_rng([self.cfg.seed, TORCH_RNG_TAG, epoch]).integers(2**62)))
+        self._seg_losses = []
+        self._seg_batches = None
+        if self.seg_loader is not None and not self.net.body_frozen:
+            self.seg_sampler.start = self.scheduler.last_epoch  # the optimizer steps taken so far
+            self._seg_batches = iter(self.seg_loader)
+
+    def epoch_info(self) -> dict[str, Any]:
+        """The ``Trainer.epoch_info`` hook: the epoch's mean ``--seg-data`` loss (``train_seg_loss``; None while
+        the U-Net was frozen)."""
+        if self.seg_loader is None:
+            return {}
+        return {"train_seg_loss": float(np.mean(self._seg_losses)) if self._seg_losses else None}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The ``Trainer.checkpoint_meta`` hook: the init, tap and class names, stored beside the weights."""
         return {"init": self.cfg.init, "tap": self.cfg.model.tap, "class_names": list(DIAGNOSES)}
 
     def train_step(self, batch: dict[str, Any]) -> float:
-        """The ``Trainer.train_step`` hook: one step on cross-entropy (plus the auxiliary segmentation loss, if
-        weighted); returns the loss.
+        """The ``Trainer.train_step`` hook: one step on cross-entropy, plus the auxiliary segmentation loss (if
+        weighted) and ``seg_weight`` times the segmentation loss of the step's ``--seg-data`` batch; returns the
+        loss.
+
+        The ``--seg-data`` batch runs through the bare U-Net (``net.unet``) beside the wrapped model's pass; both
+        feed one backward, so under DistributedDataParallel every parameter's gradient (the sum of both paths) is
+        averaged over ranks once.
         """
         x = batch["image"].to(self.device, non_blocking=True)
         y = torch.as_tensor(batch["label"], device=self.device)
+        stream = next(self._seg_batches) if self._seg_batches is not None else None
         with self.autocast():
             logits, seg = self.model(x, with_segmentation=True)
+            if stream is not None:
+                with running_stats_kept(self.net.unet):
+                    stream_logits = self.net.unet(stream["image"].to(self.device, non_blocking=True))
         loss = F.cross_entropy(logits.float(), y)
         if self.seg_schema is not None:
             mask = batch["mask"].to(self.device, non_blocking=True)
             loss = loss + self.cfg.aux_seg_weight * segmentation_loss(seg, mask, self.seg_weights, dice_weight=1.0)
+        if stream is not None:
+            mask = stream["mask"].to(self.device, non_blocking=True)
+            seg_loss = segmentation_loss(stream_logits, mask, self.stream_weights, dice_weight=1.0)
+            self._seg_losses.append(float(seg_loss.detach()))
+            loss = loss + self.cfg.seg_weight * seg_loss
         self.step(loss)
         return float(loss.detach())
 
@@ -220,13 +401,67 @@ class ClsTrainer(Trainer):
         prob = np.concatenate([p[0] for p in parts])
         y_all = np.concatenate([np.asarray(p[1], dtype=int) for p in parts])
         m = classification_metrics(y_all, prob)
-        return {
+        out = {
             "score": m["balanced_accuracy"],
             "loss": sum(p[2] for p in parts) / max(len(y_all), 1),
             "accuracy": m["accuracy"],
             "balanced_accuracy": m["balanced_accuracy"],
             "macro_roc_auc": m["macro_roc_auc"],
         }
+        if self.seg_val_loader is not None:
+            out.update(self._validate_segmentation(self.seg_val_loader))
+        return out
+
+    @torch.no_grad()
+    def _validate_segmentation(self, loader: DataLoader) -> dict[str, Any]:
+        """The U-Net's segmentation of the held-out ``--seg-data`` frames, summed over ranks: ``seg_loss``,
+        ``seg_mean_iou`` (its own schema) and the pleural-line and A-line Dice (mapped to sparse)."""
+        self._seg_batches = None  # the epoch's stream is done: let its workers go
+        name = self.stream_schema.name
+        own = SegmentationMetrics(self.stream_schema.num_classes, class_names=list(self.stream_schema.names))
+        sparse = SegmentationMetrics(SPARSE.num_classes, class_names=list(SPARSE.names))
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        for batch in loader:
+            x, y = batch["image"].to(self.device), batch["mask"].to(self.device)
+            with self.autocast():
+                logits = self.net.unet(x)
+            loss = segmentation_loss(logits, y, self.stream_weights, dice_weight=1.0)
+            loss_sum += torch.tensor([float(loss) * len(x), len(x)], dtype=torch.float64)
+            pred, truth = logits.argmax(1).cpu().numpy().astype(np.uint8), y.cpu().numpy().astype(np.uint8)
+            own.update(pred, truth)
+            sparse.update(convert(pred, name, "sparse"), convert(truth, name, "sparse"))
+        confusions = [own.confusion, sparse.confusion]
+        if self.env.distributed:
+            loss_sum = all_reduce_sum(loss_sum.to(self.device), self.env).cpu()
+            confusions = [all_reduce_sum(c.to(self.device), self.env).cpu() for c in confusions]
+        own.load_confusion(confusions[0])
+        sparse.load_confusion(confusions[1])
+        dice = sparse.aggregate()["dice"]
+        return {
+            "seg_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
+            "seg_mean_iou": own.aggregate()["mean_iou"],
+            "seg_pleural_line_dice": dice[SPARSE.index("pleural_line")],
+            "seg_a_line_dice": dice[SPARSE.index("a_line")],
+        }
+
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+        """``Trainer.fit``; with ``--seg-data`` the summary also holds the best epoch's held-out segmentation
+        scores (``segmentation``), the checkpoint ``best/`` keeps."""
+        summary = super().fit(resume=resume, overwrite=overwrite)
+        if self.cfg.seg_data is None or not self.env.is_main:
+            return summary
+        best: dict[str, Any] = {}
+        for line in (self.out / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if record.get("epoch") == summary["best_epoch"]:
+                best = record
+        summary["segmentation"] = {
+            "data": self.cfg.seg_data,
+            "epoch": summary["best_epoch"],
+            **{k.removeprefix("val_seg_"): v for k, v in best.items() if k.startswith("val_seg_")},
+        }
+        write_json(self.out / "summary.json", summary)
+        return summary
 
 
 def check_labels(rows: Sequence[dict[str, str]], data: Path) -> None:
@@ -308,6 +543,8 @@ def train_kfold(
     kind, run = cfg.init_kind()
     if run is not None:
         check_init_run(run, kind, image_size(data, rows))
+    if cfg.seg_data is not None:
+        check_seg_data(Path(cfg.seg_data), image_size(data, rows))
     splits = group_kfold(rows, folds=folds, seed=cfg.seed, group=cfg.group)
     from pleura.models.checkpoint import read_checkpoint
 

@@ -130,7 +130,7 @@ class TrainError(ValueError):
 
 class Trainer:
     """Epoch loop with hooks. Subclasses implement ``setup``, ``build_model``, ``train_step`` and
-    ``validate``; they may override ``make_sampler``, ``make_optimizer`` and ``on_epoch_start``.
+    ``validate``; they may override ``make_sampler``, ``make_optimizer``, ``on_epoch_start`` and ``epoch_info``.
 
     Attributes a subclass can use: ``cfg``, ``env``, ``device``, ``use_amp``, ``model`` (DDP-wrapped when
     distributed), ``net`` (the bare module), ``optimizer``, ``scaler``.
@@ -180,6 +180,11 @@ class Trainer:
 
     def ddp_kwargs(self) -> dict[str, Any]:
         """Extra arguments of DistributedDataParallel (e.g. ``find_unused_parameters``)."""
+        return {}
+
+    def epoch_info(self) -> dict[str, Any]:
+        """Extra numbers of the epoch just trained for its ``metrics.jsonl`` line (e.g. a second loss); called
+        after the epoch's steps, before validation."""
         return {}
 
     # ------------------------------------------------------------------ helpers
@@ -353,6 +358,7 @@ class Trainer:
                 self.progress.advance(1, loss=loss, images_per_s=seen / (time.perf_counter() - t0))
             sync_buffers(net, env)
             train_seconds = time.perf_counter() - t0
+            extra = self.epoch_info()
             self.model.eval()
             val = self.validate(val_loader)
             improved = val["score"] > state["best"] + 1e-9
@@ -364,6 +370,7 @@ class Trainer:
             record = {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / max(steps_per_epoch, 1),
+                **extra,
                 **{f"val_{k}": v for k, v in val.items()},
                 "lr": lr,  # the rate of the epoch's last step
                 "images_per_s": seen / train_seconds,

@@ -6,18 +6,24 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+from kit import simulated
+
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig
 from pleura.experiments.pocus import PocusExperimentConfig, run_pocus
 from pleura.train.distributed import init_distributed
 
 
-def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path, tmp_path_factory) -> None:
     src = fake_pocus
     seg = DenseVsSparseConfig(seeds=(0,), train_clips=6, test_clips=3, size=64, epochs=1, width=4, depth=2,
                               style="pocus")  # fmt: skip
-    cfg = PocusExperimentConfig(seg=seg, max_per_clip=3, folds=3, cls_epochs=1, freeze_epochs=1, batch_size=4)
+    cfg = PocusExperimentConfig(seg=seg, max_per_clip=3, folds=3, cls_epochs=2, freeze_epochs=1, batch_size=4)
     out = tmp_path / "exp"
-    results = run_pocus(src, out, cfg, init_distributed("cpu"))
+    # a labelled stand-in for the real cvat-lus clip (a manifest dataset with masks is used as it is)
+    labelled = simulated(tmp_path_factory, "labelled", n=2, seed=3, size=64, frames=2, workers=1)
+    results = run_pocus(src, out, cfg, init_distributed("cpu"), real_seg=labelled)
     assert set(results["classification"]) == {"dense", "sparse", "scratch"}
     for row in results["classification"].values():
         assert 0.0 <= row["clip_balanced_accuracy"]["mean"] <= 1.0
@@ -34,16 +40,37 @@ def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path) -> None:
     assert json.loads((out / "results.json").read_text())["data"]["covid"]["patients"] == 3
     assert json.loads((out / "data" / "import.json").read_text())["failed"][0]["file"] == "normal/broken.mp4"
 
+    # every variant, scratch too, fine-tuned with the pretraining's simulated frames as --seg-data
+    sim_train = out / "segmentation" / "data" / "train"
+    for init in ("dense", "sparse", "scratch"):
+        fold = out / "classification" / f"{init}-seed0" / "fold0"
+        train = json.loads((fold / "config.json").read_text())["train"]
+        assert train["seg_data"] == str(sim_train) and train["seg_weight"] == 0.5
+        assert json.loads((fold / "summary.json").read_text())["segmentation"]["epoch"] >= 1
+    check = results["segmentation_check"]
+    assert check["real_data"] == str(labelled) and check["sim_data"] == str(out / "segmentation" / "data" / "test")
+    assert check["variants"]["scratch"]["before"] is None and check["variants"]["dense"]["before"] is not None
+    for init, v in check["variants"].items():
+        assert len(v["folds"]) == 3, init
+        for where, keys in (("sim", ("mean_iou", "pleural_line_dice", "a_line_dice")),
+                            ("real", ("pleural_line_dice", "a_line_dice", "fp_a_line_per_frame"))):  # fmt: skip
+            mean = v["after"][where]["mean_iou" if where == "sim" else "fp_a_line_per_frame"][0]
+            assert mean >= 0, (init, where)
+            assert set(v["folds"][0][where]) == set(keys)
+    assert "## Segmentation before and after fine-tuning" in report and "real pleural-line Dice" in report
+    assert "pretrained U-Net (before)" in report and "scratch included" in report
+
 
 def test_pocus_config_rejects_unknown_variants_and_widths() -> None:
-    import pytest
-
     with pytest.raises(ValueError, match="unknown variants"):
         PocusExperimentConfig(inits=("dense", "imagenet"))
     with pytest.raises(ValueError, match="unknown variants"):
         PocusExperimentConfig(inits=())
     with pytest.raises(ValueError, match="width"):
         PocusExperimentConfig(seg=DenseVsSparseConfig(width=0))
+    for weight in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="seg_weight should be a number >= 0"):
+            PocusExperimentConfig(seg_weight=weight)
 
 
 def test_pocus_cli_usage_error(tmp_path: Path) -> None:

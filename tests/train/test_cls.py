@@ -10,14 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from kit import Interrupt, simulated, strip_timing
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pleura.cli import app
 from pleura.labels import DIAGNOSES
-from pleura.models import ClassifierConfig, UNetConfig
+from pleura.models import ClassifierConfig, UNet, UNetConfig
 from pleura.simulate import SimulationConfig, write_dataset
-from pleura.train.cls import BalancedSampler, ClsTrainConfig, train_kfold
+from pleura.train.cls import (
+    BalancedSampler,
+    ClsTrainConfig,
+    ClsTrainer,
+    SegStream,
+    StepSampler,
+    running_stats_kept,
+    train_kfold,
+)
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import TrainError
 from pleura.train.seg import SegTrainConfig, SegTrainer
@@ -163,3 +172,140 @@ def test_torchrun_two_cpu_processes_train_cls(setup, tmp_path, torchrun_cpu):
         assert summary["world_size"] == 2 and summary["ranks_identical"]
         assert len(set(summary["rank_val_score"])) == 1
         assert (run / f"fold{k}" / "test_predictions.csv").exists()
+
+
+# ------------------------------------------------------------------ --seg-data (issue 14, item 1)
+TINY_CLS = {"batch_size": 4, "patience": 100, "model": ClassifierConfig(unet=UNetConfig(width=4, depth=2))}
+
+
+@pytest.fixture(scope="module")
+def seg_set(tmp_path_factory) -> Path:
+    """Simulated frames with masks at the classification frames' size (64 px), another simulation seed."""
+    return simulated(tmp_path_factory, "segdata", n=6, seed=9, size=64, frames=2, workers=1)
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_seg_data_adds_its_weighted_loss_to_every_step(setup, seg_set, tmp_path):
+    """With a learning rate too small to move the weights, the two runs see the same classification loss at every
+    step, so their training losses differ by exactly seg_weight x the segmentation loss logged."""
+    data, _, _ = setup
+    still = {**TINY_CLS, "model": ClassifierConfig(dropout=0.0, unet=UNetConfig(width=4, depth=2))}
+    base = ClsTrainConfig(epochs=1, lr=1e-12, **still)
+    ClsTrainer(base, data, tmp_path / "plain", DistEnv()).fit()
+    cfg = ClsTrainConfig(epochs=1, lr=1e-12, seg_data=str(seg_set), seg_weight=0.7, **still)
+    summary = ClsTrainer(cfg, data, tmp_path / "seg", DistEnv()).fit()
+    (plain,), (seg,) = _records(tmp_path / "plain"), _records(tmp_path / "seg")
+    assert "train_seg_loss" not in plain and seg["train_seg_loss"] > 0.1
+    assert seg["train_loss"] - plain["train_loss"] == pytest.approx(0.7 * seg["train_seg_loss"], rel=1e-4)
+    assert plain["val_balanced_accuracy"] == seg["val_balanced_accuracy"]
+    for key in ("val_seg_loss", "val_seg_mean_iou", "val_seg_pleural_line_dice", "val_seg_a_line_dice"):
+        assert key not in plain and seg[key] is not None and np.isfinite(seg[key]), key
+    config = json.loads((tmp_path / "seg" / "config.json").read_text())
+    assert config["train"]["seg_data"] == str(seg_set) and config["train"]["seg_weight"] == 0.7
+    assert config["seg_data"]["schema"] == "dense" and config["seg_data"]["train_frames"] > 0  # scratch: dense
+    assert config["seg_data"]["train_frames"] + config["seg_data"]["val_frames"] == 12
+    saved = json.loads((tmp_path / "seg" / "summary.json").read_text())
+    assert saved["segmentation"] == summary["segmentation"]
+    assert saved["segmentation"]["mean_iou"] == seg["val_seg_mean_iou"] and saved["segmentation"]["epoch"] == 1
+
+
+def test_resume_with_seg_data_is_exact(setup, seg_set, tmp_path):
+    """A frozen first epoch, then one with the segmentation stream: killed after epoch 1 and resumed, the run ends
+    with the weights and log of the straight run (the stream restarts at the step the checkpoint records)."""
+    data, _, sparse = setup
+    cfg = ClsTrainConfig(init=f"sparse:{sparse}", epochs=2, freeze_epochs=1, seg_data=str(seg_set), **TINY_CLS)
+    straight = ClsTrainer(cfg, data, tmp_path / "straight", DistEnv())
+    straight.fit()
+    assert 2 * straight.seg_sampler.start == straight.scheduler.last_epoch > 0  # epoch 2 drew from its first step
+    with pytest.raises(KeyboardInterrupt):
+        ClsTrainer(cfg, data, tmp_path / "cut", DistEnv(), progress=Interrupt(after=1)).fit()
+    ClsTrainer(cfg, data, tmp_path / "cut", DistEnv()).fit(resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    records = strip_timing(tmp_path / "straight" / "metrics.jsonl")
+    assert records == strip_timing(tmp_path / "cut" / "metrics.jsonl")
+    assert records[0]["train_seg_loss"] is None and records[1]["train_seg_loss"] > 0
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["seg_data"]["schema"] == "sparse"
+    other = ClsTrainConfig(init=f"sparse:{sparse}", epochs=2, freeze_epochs=1, seg_data=str(seg_set), seg_weight=0.2,
+                           **TINY_CLS)  # fmt: skip
+    with pytest.raises(TrainError, match=r"seg_weight=0.5 but seg_weight=0.2 was requested"):
+        ClsTrainer(other, data, tmp_path / "cut", DistEnv()).fit(resume=True)
+
+
+def test_the_segmentation_stream_is_a_function_of_seed_step_and_rank(seg_set):
+    """Every pass of the stream visits every frame once; ranks draw disjoint batches; restarting at a step gives
+    the batches a stream running from step 0 reaches there."""
+    from pleura.data import LUSDataset
+
+    ds = LUSDataset(seg_set, "dense")
+    stream = SegStream(ds, seed=3)
+    n = len(ds)
+    assert sorted(stream.locate(p)[1] for p in range(n)) == list(range(n))
+    assert [stream.locate(p)[1] for p in range(n)] != [stream.locate(p)[1] for p in range(n, 2 * n)]
+    assert [stream.locate(p)[0] for p in (0, n - 1, n, 3 * n)] == [0, 0, 1, 3]
+
+    def positions(rank: int, start: int, steps: int) -> list[int]:
+        sampler = StepSampler(batch_size=3, env=DistEnv(rank=rank, world_size=2))
+        sampler.start = start
+        it = iter(sampler)
+        return [next(it) for _ in range(3 * steps)]
+
+    r0, r1 = positions(0, 0, 4), positions(1, 0, 4)
+    assert not set(r0) & set(r1) and sorted(r0 + r1) == list(range(24))
+    assert positions(0, 2, 2) == r0[6:] and positions(1, 3, 1) == r1[9:]
+    assert torch.equal(stream[7]["image"], SegStream(LUSDataset(seg_set, "dense"), seed=3)[7]["image"])
+
+
+def test_seg_batches_leave_the_running_statistics_alone():
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(num_classes=4, width=4, depth=2, schema="sparse")).train()
+    before = {k: v.clone() for k, v in unet.state_dict().items() if "running" in k}
+    with running_stats_kept(unet):
+        unet(torch.rand(2, 1, 32, 32)).sum().backward()
+    assert all(torch.equal(before[k], unet.state_dict()[k]) for k in before)
+    assert all(p.grad is not None for p in unet.parameters())
+    unet(torch.rand(2, 1, 32, 32))  # outside the context the statistics move again
+    assert not all(torch.equal(before[k], unet.state_dict()[k]) for k in before)
+
+
+def test_seg_data_of_another_size_or_weight_is_refused_before_training(setup, tmp_path_factory, tmp_path):
+    data, dense, _ = setup
+    small = simulated(tmp_path_factory, "small", n=2, seed=1, size=96, frames=1, workers=1)
+    cfg = ClsTrainConfig(init=f"dense:{dense}", epochs=1, seg_data=str(small))
+    with pytest.raises(TrainError, match=r"--seg-data frames must have the classification frames' size, 64x64, but "
+                                         r"this one is 96x96; simulate them at that size"):  # fmt: skip
+        train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3)
+    with pytest.raises(TrainError, match="--seg-data is not a folder"):
+        train_kfold(ClsTrainConfig(seg_data=str(tmp_path / "none")), data, tmp_path / "run", DistEnv(), folds=3)
+    assert not (tmp_path / "run").exists()
+    for weight in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="seg_weight should be a number > 0 with seg_data"):
+            ClsTrainConfig(seg_data=str(small), seg_weight=weight)
+    ClsTrainConfig(seg_weight=0.0)  # no seg_data: the weight is not used
+
+    result = runner.invoke(app, ["train-cls", "--data", str(data), "--out", str(tmp_path / "cli"), "--init", "dense",
+                                 "--init-run", str(dense), "--seg-data", str(small), "--folds", "3"])  # fmt: skip
+    assert result.exit_code != 0 and "must have the classification frames' size, 64x64" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cli").exists()
+    result = runner.invoke(app, ["train-cls", "--data", str(data), "--out", str(tmp_path / "cli"), "--seg-data",
+                                 str(small), "--seg-weight", "0"])  # fmt: skip
+    assert result.exit_code == 2 and "should be a number > 0" in result.output
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_train_cls_with_seg_data(setup, seg_set, tmp_path, torchrun_cpu):
+    data, _, _ = setup
+    run = tmp_path / "ddp"
+    torchrun_cpu(
+        "train-cls", "--data", str(data), "--out", str(run), "--init", "scratch", "--folds", "3", "--epochs", "2",
+        "--batch-size", "2", "--freeze-epochs", "1", "--seg-data", str(seg_set), "--seg-weight", "0.5",
+    )  # fmt: skip
+    summary = json.loads((run / "fold0" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["ranks_identical"]
+    assert np.isfinite(summary["segmentation"]["mean_iou"])
+    records = _records(run / "fold0")
+    assert records[0]["train_seg_loss"] is None and records[1]["train_seg_loss"] > 0
