@@ -192,11 +192,10 @@ def train_seg(
     data_weights: str = typer.Option(
         "", "--data-weights", help="Share of each --data in the draws, e.g. 0.5,0.5; default: by frame count."
     ),
-    init: Path = typer.Option(
+    init: str = typer.Option(
         None,
         "--init",
-        help="Start from this U-Net: a train-seg run or a model file (e.g. the foundation).",
-        exists=True,
+        help="Start from this U-Net: a shipped model (foundation-sparse-w16-128), a train-seg run or a model file.",
     ),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner).", min=1),
     batch_size: BatchSize = 8,
@@ -226,7 +225,7 @@ def train_seg(
         cfg = SegTrainConfig(
             schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, model=UNetConfig(width=width, depth=depth),
             patience=patience, seed=seed, augment=not no_augment, workers=workers, device=device,
-            init=str(init) if init is not None else "", data_weights=weights,
+            init=init or "", data_weights=weights,
         )  # fmt: skip
         cfg.model_config()
         env = init_distributed(device)

@@ -29,6 +29,8 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 PRETRAINED: dict[str, str] = {  # name -> what it is; the files live in pleura/models/pretrained/ (package data)
     "pocus-dense-w4-128": "width-4 reverse-transfer classifier, 128 px, trained on POCUS (the default)",
     "pocus-dense-w8-128": "width-8 reverse-transfer classifier, 128 px, trained on POCUS",
+    "foundation-sparse-w16-128": "width-16 sparse segmentation U-Net, 128 px, trained on randomised simulated frames "
+    "(train-seg --init foundation-sparse-w16-128 fine-tunes it; not a predict model)",
 }
 DEFAULT_PRETRAINED = "pocus-dense-w4-128"
 

@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from pleura.data import LUSDataset, default_augmentation, image_size, read_manifest, split_by_group
 from pleura.labels import get_schema
 from pleura.metrics.segmentation import SegmentationMetrics
-from pleura.models import UNet, UNetConfig
+from pleura.models import PRETRAINED, UNet, UNetConfig
 from pleura.models.config import nested_config
 from pleura.train.distributed import DistEnv, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
@@ -42,7 +42,7 @@ class SegTrainConfig(LoopConfig):
     dice_weight: float = 1.0  # loss = weighted CE + dice_weight * soft Dice
     class_weighting: str = "sqrt_inverse"  # none, inverse or sqrt_inverse pixel frequency
     model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; its classes and schema follow ``schema``
-    init: str = ""  # start from this U-Net: a train-seg run, a model file (a classifier's U-Net too); "" = random
+    init: str = ""  # start from: a shipped model's name, a train-seg run or a model file (a classifier's U-Net); ""
     data_weights: tuple[float, ...] = ()  # sampling weight of each dataset; () = in proportion to their frames
 
     def __post_init__(self) -> None:
@@ -130,7 +130,7 @@ class SegTrainer(Trainer):
         self.init_model = self._read_init() if cfg.init else None
         info = {
             "model": asdict(cfg.model_config()),
-            "init": cfg.init and str(Path(cfg.init).resolve()),
+            "init": cfg.init if cfg.init in PRETRAINED else cfg.init and str(Path(cfg.init).resolve()),
             "train_frames": sum(self.source_sizes),
             "val_frames": sum(len(v) for v in vals),
             "image_size": list(size),
@@ -146,12 +146,12 @@ class SegTrainer(Trainer):
         return concat(trains), concat(vals), info
 
     def _read_init(self) -> UNet:
-        """The ``init`` U-Net (a run's best checkpoint, or a model file; a classifier gives its U-Net); its
-        architecture must be ``model``'s (``build_model`` replaces its head when it learnt another schema)."""
-        from pleura.models import ReverseTransferClassifier, load_model
+        """The ``init`` U-Net (a shipped model, a run's best checkpoint, or a model file; a classifier gives its
+        U-Net); its architecture must be ``model``'s (``build_model`` replaces its head for another schema)."""
+        from pleura.models import ReverseTransferClassifier, load_model, pretrained
         from pleura.models.checkpoint import read_checkpoint
 
-        path = Path(self.cfg.init)
+        path = pretrained(self.cfg.init) if self.cfg.init in PRETRAINED else Path(self.cfg.init)
         if path.is_dir():
             model, _ = read_checkpoint(path / "best" if (path / "best").is_dir() else path)
         elif path.exists():

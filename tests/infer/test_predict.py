@@ -144,7 +144,7 @@ def test_export_cli_refuses_tampered_model_and_writes_onnx(bundle: Path, tmp_pat
     assert res.exit_code == 2 and "checksum" in res.output
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[2] / "pleura" / "models" / "pretrained").glob("*.safetensors"))
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "pleura" / "models" / "pretrained").glob("pocus-*.safetensors"))
 
 
 @pytest.mark.parametrize("model", SHIPPED, ids=[p.stem for p in SHIPPED])

@@ -26,7 +26,7 @@ from pleura.postprocess.frame_stats import FEATURES, frame_statistics
 from pleura.postprocess.ood import IMAGE_FEATURES, MAX_THRESHOLD, MahalanobisPart, OODDetector, image_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "pleura" / "models" / "pretrained").glob("*.safetensors"))
+SHIPPED = sorted((ROOT / "pleura" / "models" / "pretrained").glob("pocus-*.safetensors"))  # the classifiers
 DEFAULT = ROOT / "pleura" / "models" / "pretrained" / "pocus-dense-w4-128.safetensors"
 TARGET = 0.95  # share of non-lung-ultrasound images that must be flagged (issue 12)
 

@@ -230,3 +230,19 @@ def test_cli_mixes_datasets_and_starts_from_a_model_file(tiny_data, other_data, 
     assert len(config["sources"]) == 2 and config["init"] == str(model_file.resolve())
     bad = runner.invoke(app, [*base, "--data", str(tiny_data), "--data-weights", "x", "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "--data-weights must be comma-separated numbers" in bad.output
+
+
+def test_the_shipped_foundation_is_a_sparse_unet_that_train_seg_starts_from(tiny_data, tmp_path):
+    """The segmentation foundation ships in the package; --init takes its name (another schema: a fresh head)."""
+    from pleura.models import load_model, pretrained
+
+    model, meta = load_model(pretrained("foundation-sparse-w16-128"))
+    assert isinstance(model, UNet) and model.config.schema == "sparse" and meta["image_size"] == [128, 128]
+    assert (model.config.width, model.config.depth) == (16, 4) and "foundation.sh" in meta["recipe"]
+    cfg = SegTrainConfig(**{**TINY, "epochs": 1, "model": UNetConfig(width=16, depth=4)}, schema="dense",
+                         init="foundation-sparse-w16-128")  # fmt: skip
+    SegTrainer(cfg, tiny_data, tmp_path / "tuned", DistEnv()).fit()
+    tuned, _ = read_checkpoint(tmp_path / "tuned" / "last")
+    assert tuned.config.schema == "dense" and tuned.config.num_classes == 8
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["init"] == "foundation-sparse-w16-128"
