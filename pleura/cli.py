@@ -271,7 +271,10 @@ def train_cls(
     out: Path = typer.Option(..., "--out", help="Run folder to write (one fold* subfolder per fold)."),
     init: str = typer.Option("scratch", "--init", help="dense, sparse (with --init-run) or scratch."),
     init_run: Path = typer.Option(
-        None, "--init-run", help="The train-seg run a dense or sparse --init starts from.", **DATASET
+        None,
+        "--init-run",
+        help="What a dense or sparse --init starts from: a train-seg run, a model file or a shipped "
+        "segmentation model (foundation-sparse-w16-128).",
     ),
     folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group.", min=2),
     group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
@@ -305,6 +308,12 @@ def train_cls(
     if init_run is not None:  # --init dense --init-run RUN; the old --init dense:RUN is still read
         if ":" in init or init == "scratch":
             fail(f"--init-run goes with --init dense or --init sparse, got --init {init!r}")
+        from pleura.models import PRETRAINED
+
+        if str(init_run) not in PRETRAINED and not init_run.exists():
+            fail(
+                f"--init-run {init_run}: does not exist (a train-seg run, a model file or: {', '.join(PRETRAINED)})"
+            )
         init = f"{init}:{init_run}"
     try:
         cfg = ClsTrainConfig(

@@ -302,7 +302,7 @@ class ClsTrainer(Trainer):
         m = self.cfg.model
         head = {f.name: getattr(m, f.name) for f in fields(m) if f.name != "unet"}
         if self.init_run is not None:
-            path = self.init_run / "best" / "model.safetensors"
+            path = init_weights(self.init_run)
             return ReverseTransferClassifier.from_segmentation_checkpoint(path, **head)
         s = SCRATCH_SCHEMA
         unet = UNet(replace(m.unet, in_channels=1, num_classes=s.num_classes, schema=s.name))
@@ -474,12 +474,32 @@ def check_labels(rows: Sequence[dict[str, str]], data: Path) -> None:
         )
 
 
+def init_weights(run: Path) -> Path:
+    """The U-Net weights an ``--init-run`` names: a shipped model's name (``foundation-sparse-w16-128``), a
+    segmentation model file, or a ``train-seg`` run folder (its best checkpoint)."""
+    from pleura.models import PRETRAINED, pretrained
+
+    if str(run) in PRETRAINED:
+        return pretrained(str(run))
+    return run if run.is_file() else run / "best" / "model.safetensors"
+
+
 def check_init_run(run: Path, kind: str, size: tuple[int, int]) -> None:
-    """The ``--init`` run exists, learned the named schema, and was trained on images of this size."""
-    cfg_path = run / "config.json"
-    if not (run / "best" / "model.safetensors").exists() or not cfg_path.exists():
-        raise TrainError(f"{run}: not a train-seg run (no best/model.safetensors and config.json)")
-    info = json.loads(cfg_path.read_text())
+    """The ``--init`` run (or model) exists, learned the named schema, and was trained on images of this size."""
+    weights = init_weights(run)
+    if weights != run / "best" / "model.safetensors":  # a model file: its sidecar holds the schema and size
+        sidecar = weights.with_suffix(".json")
+        if not weights.exists() or not sidecar.exists():
+            raise TrainError(f"{run}: no such model file or train-seg run")
+        info = json.loads(sidecar.read_text())
+        cfg_path, meta = sidecar, info.get("metadata", {})
+        info = {"train": {"schema": meta.get("schema") or info.get("config", {}).get("schema")},
+                "image_size": meta.get("image_size")}  # fmt: skip
+    else:
+        cfg_path = run / "config.json"
+        if not weights.exists() or not cfg_path.exists():
+            raise TrainError(f"{run}: not a train-seg run (no best/model.safetensors and config.json)")
+        info = json.loads(cfg_path.read_text())
     schema = info.get("train", {}).get("schema")
     if schema != kind:
         raise TrainError(f"{cfg_path}: --init {kind}:{run} names a {kind} run, but this run learned {schema!r} labels")

@@ -309,3 +309,19 @@ def test_torchrun_two_cpu_processes_train_cls_with_seg_data(setup, seg_set, tmp_
     assert np.isfinite(summary["segmentation"]["mean_iou"])
     records = _records(run / "fold0")
     assert records[0]["train_seg_loss"] is None and records[1]["train_seg_loss"] > 0
+
+
+def test_a_sparse_init_from_the_shipped_foundation(tmp_path):
+    """--init sparse --init-run foundation-sparse-w16-128: the diagnosis starts from the shipped segmentation U-Net
+    (its 128-px frames: a dataset of another size is refused with the sizes named)."""
+    from pleura.models import pretrained
+    from pleura.train.cls import check_init_run, init_weights
+
+    assert init_weights(Path("foundation-sparse-w16-128")) == pretrained("foundation-sparse-w16-128")
+    check_init_run(Path("foundation-sparse-w16-128"), "sparse", (128, 128))
+    with pytest.raises(TrainError, match="names a dense run, but this run learned 'sparse'"):
+        check_init_run(Path("foundation-sparse-w16-128"), "dense", (128, 128))
+    with pytest.raises(TrainError, match="trained on 128x128 images but this dataset has 64x64"):
+        check_init_run(Path("foundation-sparse-w16-128"), "sparse", (64, 64))
+    with pytest.raises(TrainError, match="nothing.safetensors: not a train-seg run"):
+        check_init_run(tmp_path / "nothing.safetensors", "sparse", (128, 128))
