@@ -75,6 +75,7 @@ def pocus_flags(model_path: Path, data: Path, rate: float = 3.0, max_frames: int
     from pleura.postprocess.biomarkers import clip_biomarkers, frame_biomarkers
 
     model, _ = load_model(model_path)
+    model = getattr(model, "unet", model)  # a classifier: its U-Net's segmentation
     model.eval()
     schema, size = model.config.schema, 128
     rows = [r for r in _rows(data) if any(r.get(f) in ("0", "1") for f, _ in FLAG_CHECKS)]
