@@ -93,3 +93,17 @@ def markdown_table(
             raise ValueError(f"row {i} has {len(row)} cells but the header has {n} columns: {list(row)!r}")
         lines.append("| " + " | ".join(map(str, row)) + " |")
     return "\n".join(lines)
+
+
+def csv_text(rows: Sequence[dict[str, Any]], fieldnames: Sequence[str] | None = None) -> str:
+    """``rows`` as CSV text, the columns those of the first row (or ``fieldnames``); no rows and no names: ""."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    names = list(fieldnames) if fieldnames is not None else list(rows[0]) if rows else []
+    if names:
+        writer = csv.DictWriter(buf, fieldnames=names)
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()

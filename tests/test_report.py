@@ -39,3 +39,10 @@ def test_markdown_table():
         markdown_table(["a", "b"], [["x"]])
     with pytest.raises(ValueError, match="align should hold"):
         markdown_table(["a", "b"], [], align=["left", None])
+
+
+def test_csv_text_takes_the_first_rows_columns_or_given_names():
+    from pleura.report import csv_text
+
+    assert csv_text([{"a": 1, "b": "x,y"}, {"a": 2, "b": ""}]) == 'a,b\r\n1,"x,y"\r\n2,\r\n'
+    assert csv_text([], ["id"]) == "id\r\n" and csv_text([]) == ""

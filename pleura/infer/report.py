@@ -9,8 +9,6 @@ Every file is written under a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 from pleura.atomic import finite, printable, write_text
 from pleura.infer.explain import AnnotatedVideo, class_activation_map
 from pleura.infer.predictor import ClipResult, FrameResult, Predictor
+from pleura.report import csv_text
 from pleura.viz import annotated_panel, save_png
 
 
@@ -27,15 +26,6 @@ def _title(result: FrameResult | ClipResult) -> str:
     p = result.probabilities
     head = result.diagnosis or "no diagnosis (out of distribution):"
     return f"{head} " + " ".join(f"{k} {v:.2f}" for k, v in p.items())
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
 
 
 class PredictionWriter:
@@ -116,5 +106,5 @@ class PredictionWriter:
         }
         doc = {**meta, "files": [{**r.to_dict(), "path": printable(r.path)} for r in self.results]}
         write_text(self.out / "predictions.json", json.dumps(finite(doc), indent=2) + "\n")
-        write_text(self.out / "clips.csv", _csv(clips))
-        write_text(self.out / "frames.csv", _csv(frames))
+        write_text(self.out / "clips.csv", csv_text(clips))
+        write_text(self.out / "frames.csv", csv_text(frames))

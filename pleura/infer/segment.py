@@ -23,8 +23,6 @@ and :func:`result_masks` the same from a ``ClipResult`` already predicted.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -41,6 +39,7 @@ from pleura.data.readers import Frame, media_info
 from pleura.infer.explain import AnnotatedVideo
 from pleura.infer.predictor import ClipResult, FrameResult, Predictor, map_pixel_mm
 from pleura.labels import Schema, SchemaName, convert, get_schema
+from pleura.report import csv_text
 from pleura.viz import UNTINTED, overlay
 
 __all__ = ["SegmentWriter", "frame_masks", "restore_mask", "result_masks", "target_schema"]
@@ -178,15 +177,6 @@ def overlay_with_legend(image: np.ndarray, mask: np.ndarray, schema: Schema) -> 
     return np.concatenate([overlay(image, mask, schema), legend(schema, image.shape[1])], axis=0)
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()
-
-
 def _save_indexed(mask: np.ndarray, palette: np.ndarray, path: Path) -> None:
     img = Image.fromarray(mask, mode="P")
     img.putpalette(palette.flatten().tolist())
@@ -306,7 +296,7 @@ class SegmentWriter:
         }
         write_text(folder / "biomarkers.json", json.dumps(finite(doc), indent=2) + "\n")
         rows = [{"frame": f.index, "time_s": f.time_s, "ood": f.ood, **f.biomarkers} for f in result.frames]
-        write_text(folder / "biomarkers.csv", _csv(rows))
+        write_text(folder / "biomarkers.csv", csv_text(rows))
 
     def export_labels(self, fmt: ExportFormat | str, final_out: str | Path | None = None) -> ExportReport:
         """Write the masks written so far as editable labels for an annotation tool (``labels/`` in ``out``: CVAT,
@@ -347,4 +337,4 @@ class SegmentWriter:
         }
         write_text(self.out / "segment.json", json.dumps(finite(doc), indent=2) + "\n")
         rows = [{**f, "probe": r.probe, **r.biomarkers} for f, (_, r) in zip(files, self.results, strict=True)]
-        write_text(self.out / "clips.csv", _csv(rows))
+        write_text(self.out / "clips.csv", csv_text(rows))

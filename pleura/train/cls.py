@@ -20,7 +20,6 @@ and the best epoch's scores go into ``summary.json`` (``segmentation``).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -45,9 +44,11 @@ from pleura.models import ClassifierConfig, ReverseTransferClassifier, UNet
 from pleura.models.config import nested_config
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
+from pleura.report import csv_text
 from pleura.train.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
+from pleura.train.samplers import WeightedSampler
 from pleura.train.seg import scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
@@ -94,31 +95,17 @@ class ClsTrainConfig(LoopConfig):
         return kind, (Path(run) if run else None)
 
 
-class BalancedSampler(Sampler[int]):
+class BalancedSampler(WeightedSampler):
     """Class-balanced sampling with replacement, sharded over ranks, reproducible from (seed, epoch).
 
-    Each epoch draws as many items as the dataset holds, every class equally likely.
+    Each epoch draws as many items as the dataset holds, every class equally likely (a ``WeightedSampler`` whose
+    item weights are one over their class's count).
     """
 
     def __init__(self, labels: Sequence[int], env: DistEnv, seed: int = 0) -> None:
         self.labels = np.asarray(labels)
         counts = np.bincount(self.labels, minlength=len(DIAGNOSES)).astype(float)
-        weights = 1.0 / counts[self.labels]
-        self.p = weights / weights.sum()
-        self.env, self.seed, self.epoch = env, seed, 0
-        self.per_rank = math.ceil(len(self.labels) / env.world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch ``__iter__`` draws for (the loop calls it before each epoch), so every rank draws alike."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.per_rank
-
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        draw = rng.choice(len(self.labels), size=self.per_rank * self.env.world_size, p=self.p)
-        return iter(draw[self.env.rank :: self.env.world_size].tolist())
+        super().__init__(1.0 / counts[self.labels], env, seed)
 
 
 class SegStream(Dataset):
@@ -588,10 +575,4 @@ def train_kfold(
 
 def write_predictions(path: Path, preds: list[dict[str, Any]]) -> None:
     """Held-out predictions as CSV, atomically."""
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(preds[0]) if preds else ["id"])
-    writer.writeheader()
-    writer.writerows(preds)
-    write_text(path, buf.getvalue())
+    write_text(path, csv_text(preds, None if preds else ["id"]))

@@ -323,5 +323,5 @@ def test_a_sparse_init_from_the_shipped_foundation(tmp_path):
         check_init_run(Path("foundation-sparse-w16-128"), "dense", (128, 128))
     with pytest.raises(TrainError, match="trained on 128x128 images but this dataset has 64x64"):
         check_init_run(Path("foundation-sparse-w16-128"), "sparse", (64, 64))
-    with pytest.raises(TrainError, match="nothing.safetensors: not a train-seg run"):
+    with pytest.raises(TrainError, match=r"nothing\.safetensors: not a train-seg run"):
         check_init_run(tmp_path / "nothing.safetensors", "sparse", (128, 128))
