@@ -311,9 +311,7 @@ def train_cls(
         from pleura.models import PRETRAINED
 
         if str(init_run) not in PRETRAINED and not init_run.exists():
-            fail(
-                f"--init-run {init_run}: does not exist (a train-seg run, a model file or: {', '.join(PRETRAINED)})"
-            )
+            fail(f"--init-run {init_run}: does not exist (a train-seg run, a model file or: {', '.join(PRETRAINED)})")
         init = f"{init}:{init_run}"
     try:
         cfg = ClsTrainConfig(
@@ -765,6 +763,32 @@ def _inputs(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, problems
 
 
+def _checked_inputs(
+    inputs: list[Path], out: Path, overwrite: bool, model: Path
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The readable files of ``inputs`` and the failed ones (each printed as one line), once every check that
+    stops a batch before any work passed: something to read, an ``--out`` that holds no input and may be written,
+    an existing model."""
+    from pleura.atomic import check_output
+
+    files, failed = _inputs(inputs)
+    if not files:  # nothing to do: a usage error, each path's problem named
+        for _, problem in failed[:-1]:
+            err.print(f"[bold red]error:[/] {say(problem)}", highlight=False, soft_wrap=True)
+        fail(failed[-1][1])
+    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
+    if inside:
+        fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
+    try:
+        check_output(out, overwrite)
+    except ValueError as e:
+        fail(str(e))
+    if not model.exists():
+        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
+    _problem_lines(failed)
+    return files, failed
+
+
 @contextlib.contextmanager
 def _model_file(model: Path) -> Iterator[Path]:
     """The model file to load: ``model`` itself, or a train-cls run bundled on the fly into a private temporary
@@ -803,27 +827,12 @@ def predict(
 
     The output folder is written under a temporary name and renamed when complete; it never holds an input.
     """
-    from pleura.atomic import check_output, staged_folder
+    from pleura.atomic import staged_folder
     from pleura.data.readers import ReadError
     from pleura.infer.predictor import Predictor
     from pleura.infer.report import PredictionWriter
 
-    files, failed = _inputs(inputs)
-    if not files:  # nothing to do: a usage error, each path's problem named
-        for _, problem in failed[:-1]:
-            err.print(f"[bold red]error:[/] {say(problem)}", highlight=False, soft_wrap=True)
-        fail(failed[-1][1])
-    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
-    if inside:
-        fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
-    try:
-        check_output(out, overwrite)
-    except ValueError as e:
-        fail(str(e))
-    if not model.exists():
-        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
-    for _, problem in failed:
-        err.print(f"[yellow]failed[/] {say(problem)}", highlight=False, soft_wrap=True)
+    files, failed = _checked_inputs(inputs, out, overwrite, model)
     total, unreadable = len(files) + len(failed), len(failed)
     with contextlib.ExitStack() as stack:
         try:
@@ -943,7 +952,7 @@ def segment(
     Writes a folder per input (masks/frame_<index>.png, overlay.png or overlay.mp4, biomarkers.json and .csv)
     and segment.json, clips.csv for the batch; the output folder is staged and never holds an input.
     """
-    from pleura.atomic import check_output, staged_folder
+    from pleura.atomic import staged_folder
     from pleura.data.annotations import AnnotationError, ExportFormat
     from pleura.data.readers import ReadError
     from pleura.infer.predictor import Predictor
@@ -954,21 +963,7 @@ def segment(
             export_labels = ExportFormat.parse(export_labels)
         except (AnnotationError, ValueError) as e:
             fail(f"--export-labels: {e}")
-    files, failed = _inputs(inputs)
-    if not files:
-        for _, problem in failed[:-1]:
-            err.print(f"[bold red]error:[/] {say(problem)}", highlight=False, soft_wrap=True)
-        fail(failed[-1][1])
-    inside = [f for f in files if f.resolve().is_relative_to(out.resolve())]
-    if inside:
-        fail(f"{out}: the output folder holds the input {inside[0]}; choose another --out (inputs are never replaced)")
-    try:
-        check_output(out, overwrite)
-    except ValueError as e:
-        fail(str(e))
-    if not model.exists():
-        fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
-    _problem_lines(failed)
+    files, failed = _checked_inputs(inputs, out, overwrite, model)
     total, unreadable = len(files) + len(failed), len(failed)
     with contextlib.ExitStack() as stack:
         try:
