@@ -276,7 +276,9 @@ def train_cls(
         help="What a dense or sparse --init starts from: a train-seg run, a model file or a shipped "
         "segmentation model (foundation-sparse-w16-128).",
     ),
-    folds: int = typer.Option(5, "--folds", help="Stratified group k-fold by --group.", min=2),
+    folds: int = typer.Option(
+        5, "--folds", help="Stratified group k-fold by --group; 1: no test fold, one model on all the data.", min=1
+    ),
     group: str = typer.Option("patient_id", "--group", help="Column grouping frames: patient_id or clip_id."),
     tap: str = typer.Option("logits+decoder", "--tap", help="logits, decoder, logits+decoder or bottleneck."),
     freeze_epochs: int = typer.Option(0, "--freeze-epochs", help="Epochs on a frozen U-Net before unfreezing.", min=0),
@@ -332,7 +334,11 @@ def train_cls(
     finally:
         cleanup(env)
     if env.is_main:
-        typer.echo(f"trained {folds} folds into {out}; score them with: pleura eval-cls --run {out}")
+        if folds == 1:
+            typer.echo(f"trained one model on all the data into {out}; bundle it with: pleura export model {out} "
+                       "--out MODEL.safetensors --calibration KFOLD_RUN")  # fmt: skip
+        else:
+            typer.echo(f"trained {folds} folds into {out}; score them with: pleura eval-cls --run {out}")
 
 
 @app.command("eval-cls")
@@ -640,10 +646,16 @@ def pocus_experiment(
     width: int = typer.Option(
         None, "--width", help="U-Net width (first level channels); default: the budget's.", min=1, max=256
     ),
-    inits: str = typer.Option("dense,sparse,scratch", "--inits", help="Variants to train, comma-separated."),
+    inits: str = typer.Option(
+        "dense,sparse,scratch",
+        "--inits",
+        help="Variants to train, comma-separated: dense, sparse (pretrained here), scratch, foundation (the shipped "
+        "segmentation foundation, its own width).",
+    ),
     seg_weight: float = typer.Option(
         0.5, "--seg-weight", help="Segmentation loss on the simulated frames while fine-tuning (0: none).", min=0.0
     ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the pretraining, the folds' training and the splits.", min=0),
     cvat_lus: Path = typer.Option(
         None,
         "--cvat-lus",
@@ -663,9 +675,9 @@ def pocus_experiment(
     base = PocusExperimentConfig.quick() if quick else PocusExperimentConfig.full() if full else PocusExperimentConfig()
 
     def config() -> PocusExperimentConfig:  # replace() runs the configs' checks (__post_init__) on the new values
-        seg = replace(base.seg, style=style, width=width if width is not None else base.seg.width)
+        seg = replace(base.seg, style=style, width=width if width is not None else base.seg.width, seeds=(seed,))
         return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()),
-                       seg_weight=seg_weight)  # fmt: skip
+                       seg_weight=seg_weight, seed=seed)  # fmt: skip
 
     _study(partial(run_pocus, data, real_seg=cvat_lus), out, config, device)
 
@@ -698,12 +710,19 @@ app.add_typer(export_app, name="export")
 def export_model_cmd(
     run: Path = typer.Argument(..., help="A train-cls run: one fold folder, or a k-fold run (its best fold)."),
     out: Path = typer.Option(..., "--out", help="Model file to write (.safetensors; its .json is written beside)."),
+    calibration: Path = typer.Option(
+        None,
+        "--calibration",
+        help="For a run with no test fold (trained on all the data): a k-fold run of the same recipe whose pooled "
+        "held-out predictions fit the temperature.",
+        **DATASET,
+    ),
 ) -> None:
     """Bundle a trained classifier with its temperature calibration and OOD statistics into one model file."""
     from pleura.infer.bundle import export_bundle
 
     try:
-        path, meta = export_bundle(run, out)
+        path, meta = export_bundle(run, out, calibration=calibration)
     except (ValueError, OSError) as e:
         fail(str(e))
     t = meta["temperature"]
@@ -809,7 +828,9 @@ def _model_file(model: Path) -> Iterator[Path]:
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
     model: Path = typer.Option(
-        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+        DEFAULT_MODEL,
+        "--model",
+        help="Model file (pleura export model), a train-cls run or a shipped model's name; default: the shipped one.",
     ),
     out: Path = typer.Option(
         Path("predictions"), "--out", help="Output folder (must be empty or absent unless --overwrite)."
@@ -829,10 +850,13 @@ def predict(
     """
     from pleura.atomic import staged_folder
     from pleura.data.readers import ReadError
-    from pleura.infer.predictor import Predictor
+    from pleura.infer.predictor import Predictor, model_source, no_diagnosis_message, segmentation_run
     from pleura.infer.report import PredictionWriter
 
+    model = model_source(model)  # a shipped model's name: its file
     files, failed = _checked_inputs(inputs, out, overwrite, model)
+    if segmentation_run(model) is not None:  # a train-seg run: no diagnosis head, refused before any work
+        fail(no_diagnosis_message(model))
     total, unreadable = len(files) + len(failed), len(failed)
     with contextlib.ExitStack() as stack:
         try:
@@ -926,7 +950,10 @@ def _problem_lines(failed: list[tuple[Path, str]], label: str = "failed") -> Non
 def segment(
     inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
     model: Path = typer.Option(
-        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+        DEFAULT_MODEL,
+        "--model",
+        help="Model file (pleura export model, or a U-Net's), a train-cls or train-seg run, or a shipped model's "
+        "name (foundation-sparse-w16-128); default: the shipped one.",
     ),
     out: Path = typer.Option(
         Path("segmentation"), "--out", help="Output folder (must be empty or absent unless --overwrite)."
@@ -950,12 +977,13 @@ def segment(
     """Segment images and clips: per-frame masks at the input's resolution, overlays with a legend, biomarkers.
 
     Writes a folder per input (masks/frame_<index>.png, overlay.png or overlay.mp4, biomarkers.json and .csv)
-    and segment.json, clips.csv for the batch; the output folder is staged and never holds an input.
+    and segment.json, clips.csv for the batch; the output folder is staged and never holds an input. A
+    segmentation U-Net (train-seg) segments too; its files carry no diagnosis.
     """
     from pleura.atomic import staged_folder
     from pleura.data.annotations import AnnotationError, ExportFormat
     from pleura.data.readers import ReadError
-    from pleura.infer.predictor import Predictor
+    from pleura.infer.predictor import Predictor, model_source, segmentation_run
     from pleura.infer.segment import SegmentWriter, target_schema
 
     if export_labels is not None:
@@ -963,12 +991,14 @@ def segment(
             export_labels = ExportFormat.parse(export_labels)
         except (AnnotationError, ValueError) as e:
             fail(f"--export-labels: {e}")
+    model = model_source(model)  # a shipped model's name: its file
     files, failed = _checked_inputs(inputs, out, overwrite, model)
     total, unreadable = len(files) + len(failed), len(failed)
     with contextlib.ExitStack() as stack:
-        try:
-            path = stack.enter_context(_model_file(model))
-            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
+        try:  # a train-seg run is read as it is; a train-cls run is bundled first
+            path = model if segmentation_run(model) is not None else stack.enter_context(_model_file(model))
+            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device,
+                                  require_diagnosis=False)  # fmt: skip
         except (ValueError, OSError, KeyError) as e:
             fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
         try:

@@ -16,8 +16,8 @@ wheel=$(ls "$work"/dist/pleura-*.whl)
 "$PY" - "$wheel" <<'PY' || { echo "wheel-check: the shipped models are not in $wheel" >&2; exit 1; }
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
-sys.exit(0 if {"pleura/models/pretrained/pocus-dense-w4-128.safetensors",
-               "pleura/models/pretrained/pocus-dense-w4-128.json"} <= names else 1)
+sys.exit(0 if {"pleura/models/pretrained/pocus-foundation-w16-128.safetensors",
+               "pleura/models/pretrained/pocus-foundation-w16-128.json"} <= names else 1)
 PY
 "$PY" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --no-deps --disable-pip-version-check "$wheel"

@@ -148,7 +148,7 @@ def test_a_run_folder_as_model_leaves_no_temporary_model(bundle: Path, scans: Pa
         (["train-seg", "--out", "OUT", "--data", "DATA", "--epochs", "0"], "--epochs"),
         (["train-seg", "--out", "OUT", "--data", "FILE"], "is a file"),
         (["train-seg", "--out", "OUT", "--data", "DATA", "--lr", "0"], "--lr"),
-        (["train-cls", "--out", "OUT", "--data", "DATA", "--folds", "1"], "--folds"),
+        (["train-cls", "--out", "OUT", "--data", "DATA", "--folds", "0"], "--folds"),
         (["predict", "FILE", "--rate", "-1"], "--rate"),
         (["predict", "FILE", "--max-frames", "-5"], "--max-frames"),
         (["simulate", "--out", "OUT", "--n", "0"], "--n must be at least 1"),

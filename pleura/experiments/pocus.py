@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from pleura.experiments.dense_vs_sparse import (
     simulate_cached,
     training_line,
 )
-from pleura.experiments.reproduce import INITS, train_variants
+from pleura.experiments.reproduce import INITS, train_variant, train_variants
 from pleura.labels import DIAGNOSES, SPARSE
 from pleura.metrics.classification import binary_roc_auc
 from pleura.metrics.segmentation import SegmentationMetrics
@@ -46,11 +46,16 @@ from pleura.models import ClassifierConfig, UNetConfig
 from pleura.models.checkpoint import read_checkpoint
 from pleura.report import fmt, markdown_table, mean_std
 from pleura.simulate import SimulationConfig
+from pleura.simulate.bands import expert_bands
 from pleura.simulate.style import STYLES
-from pleura.train.cls import ClsTrainConfig
+from pleura.train.cls import ClsTrainConfig, init_weights
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
 
+#: the variant that starts from the shipped segmentation foundation (issue 14) instead of this experiment's pretraining
+FOUNDATION = "foundation"
+#: every variant the experiment can train: reproduce's dense, sparse and scratch, and the foundation
+POCUS_INITS = (*INITS, FOUNDATION)
 #: (dataset flag, clip biomarker read from the segmentation) pairs the report checks
 FLAG_CHECKS = (
     ("b_lines", "b_line_count"),
@@ -89,18 +94,26 @@ class PocusExperimentConfig:
     batch_size: int = 16
     inits: tuple[str, ...] = INITS
     seg_weight: float = 0.5  # segmentation loss on the pretraining's simulated frames while fine-tuning; 0: none
+    # the foundation variant: its start (a shipped name or a U-Net model file, sparse schema, the frames' size) and
+    # its segmentation stream, randomised simulated clips (x 4 frames) labelled as the foundation learnt them
+    foundation: str = "foundation-sparse-w16-128"
+    foundation_seg_clips: int = 300
 
     def __post_init__(self) -> None:
         if self.seg.style not in STYLES:
             raise ValueError(f"unknown simulator style {self.seg.style!r}; choose one of: {', '.join(STYLES)}")
-        unknown = [i for i in self.inits if i not in INITS]
+        unknown = [i for i in self.inits if i not in POCUS_INITS]
         if unknown or not self.inits:
-            raise ValueError(f"unknown variants {unknown or list(self.inits)}; choose from: {', '.join(INITS)}")
+            raise ValueError(f"unknown variants {unknown or list(self.inits)}; choose from: {', '.join(POCUS_INITS)}")
+        if not isinstance(self.foundation_seg_clips, int) or self.foundation_seg_clips < 1:
+            raise ValueError(f"foundation_seg_clips should be a positive integer, got {self.foundation_seg_clips!r}")
         if not isinstance(self.seg.width, int) or self.seg.width < 1:
             raise ValueError(f"width should be a positive integer, got {self.seg.width!r}")
         w = self.seg_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise ValueError(f"seg_weight should be a number >= 0 (0: no segmentation loss), got {w!r}")
+        if self.seg.seeds != (self.seed,):
+            raise ValueError(f"the pretraining's seeds {self.seg.seeds} should be the experiment's seed ({self.seed},)")
 
     @property
     def size(self) -> int:
@@ -188,15 +201,20 @@ def seg_scores(model: Any, sim: Path, real: Path | None) -> dict[str, Any]:
 
 
 def segmentation_check(
-    seg_runs: Path, runs: dict[str, Path], sim: Path, real: Path | None, seed: int
+    seg_runs: Path, runs: dict[str, Path], sim: Path, real: Path | None, cfg: PocusExperimentConfig
 ) -> dict[str, dict[str, Any]]:
-    """Segmentation before fine-tuning (each pretrained U-Net's ``best``; none for scratch) and after (each fold's
-    classifier ``best``, the checkpoint its predictions come from), with the mean and std over folds."""
+    """Segmentation before fine-tuning (each pretrained U-Net's ``best``, the foundation's file; none for scratch) and
+    after (each fold's classifier ``best``, the checkpoint its predictions come from), with the mean and std over
+    folds."""
+    from pleura.models import load_model
+
     out: dict[str, dict[str, Any]] = {}
     for init, run in runs.items():
         before = None
-        if init != "scratch":
-            before = seg_scores(read_checkpoint(seg_runs / f"{init}-seed{seed}" / "best")[0].eval(), sim, real)
+        if init == FOUNDATION:
+            before = seg_scores(load_model(init_weights(Path(cfg.foundation)))[0].eval(), sim, real)
+        elif init != "scratch":
+            before = seg_scores(read_checkpoint(seg_runs / f"{init}-seed{cfg.seed}" / "best")[0].eval(), sim, real)
         folds = [seg_scores(read_checkpoint(f / "best")[0].eval(), sim, real) for f in sorted(run.glob("fold*"))]
         after: dict[str, dict[str, list[float]]] = {}
         for where in folds[0] if folds else {}:
@@ -235,10 +253,12 @@ def run_pocus(
         **seg_data,
     )  # fmt: skip
     runs = train_variants(real, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env, progress,
-                          inits=cfg.inits)  # fmt: skip
+                          inits=tuple(i for i in cfg.inits if i != FOUNDATION))  # fmt: skip
+    if FOUNDATION in cfg.inits:
+        runs[FOUNDATION] = foundation_variant(real, out, ccfg, cfg, env, progress)
     timings["transfer_s"] = time.perf_counter() - start - timings["import_s"] - timings["pretrain_s"]
     evals = {i: json.loads((r / "eval.json").read_text()) for i, r in runs.items()}
-    seg_check = segmentation_check(out / "segmentation" / "runs", runs, sim_test, real_seg_data, cfg.seed)
+    seg_check = segmentation_check(out / "segmentation" / "runs", runs, sim_test, real_seg_data, cfg)
     gap = {f"{cfg.seg.style} (pretraining data)": _gap(real, rows, out / "segmentation" / "data" / "train", cfg.seed)}
     for style in STYLES:  # the same scenes in the other styles: what each style does to the gap
         if style != cfg.seg.style:
@@ -258,6 +278,7 @@ def run_pocus(
             "real_data": str(real_seg_data) if real_seg_data is not None else None,
             "variants": seg_check,
         },
+        **({"foundation": {"unet": _run_unet(runs[FOUNDATION])}} if FOUNDATION in runs else {}),
         "timings_s": timings,
         "training_s": training_seconds(out, runs, cfg.seed),
         "seconds": time.perf_counter() - start,
@@ -266,11 +287,36 @@ def run_pocus(
 
     confusion_figure(evals, out / "confusion.png")
     roc_figure(runs, out / "roc.png")
-    if "dense" in evals:
-        biomarker_chart(evals["dense"], out / "biomarkers.png")
+    biomarker_chart(evals["dense" if "dense" in evals else next(iter(evals))], out / "biomarkers.png")
     write_json(out / "results.json", results)
     write_text(out / "report.md", report_markdown(results))
     return results
+
+
+def foundation_variant(
+    real: Path, out: Path, ccfg: ClsTrainConfig, cfg: PocusExperimentConfig, env: DistEnv, progress: Progress | None
+) -> Path:
+    """The foundation variant's k-fold run: ``ccfg`` (budget, seed, segmentation weight) started from
+    ``cfg.foundation``, with its U-Net, and, while fine-tuning, segmentation batches of randomised simulated clips
+    labelled as the foundation learnt them (bands of the experts' thickness), not the physics-style pretraining set."""
+    weights = init_weights(Path(cfg.foundation))
+    record = json.loads(weights.with_suffix(".json").read_text())
+    unet = UNetConfig(**record["config"])
+    seg_data = {}
+    if cfg.seg_weight > 0:
+        line_px, a_line_px = expert_bands(cfg.size)
+        sim = SimulationConfig(n=cfg.foundation_seg_clips, seed=2000 + cfg.seed, size=cfg.size, frames=4,
+                               randomize=True, line_label_px=line_px, a_line_label_px=a_line_px)  # fmt: skip
+        seg_data = {"seg_data": str(simulate_cached(out / "segmentation" / "data" / "randomized", sim))}
+    vcfg = replace(ccfg, init=f"{record['config'].get('schema') or 'sparse'}:{cfg.foundation}",
+                   model=replace(ccfg.model, unet=unet), **seg_data)  # fmt: skip
+    return train_variant(real, out / "classification" / f"{FOUNDATION}-seed{cfg.seed}", vcfg, cfg.folds, env,
+                         progress, weights)  # fmt: skip
+
+
+def _run_unet(run: Path) -> dict[str, Any]:
+    """The U-Net configuration a k-fold run's classifiers were built with (its first fold's ``config.json``)."""
+    return json.loads((run / "fold0" / "config.json").read_text())["train"]["model"]["unet"]
 
 
 def _sim_data(out: Path, cfg: PocusExperimentConfig) -> tuple[Path, Path]:
@@ -410,7 +456,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         + f"), sampled at {cfg['rate']:g} frames/s, at most {cfg['max_per_clip']} per clip, cleaned and resized to "
         f"{cfg['seg']['size']} px. Segmentation pretraining used **simulated** frames only (no real frame has a mask). "
         f"{cfg['folds']}-fold cross-validation stratified by diagnosis and grouped by patient; {cfg['cls_epochs']} "
-        f"epochs per fold ({cfg['freeze_epochs']} with the U-Net frozen), U-Net width {cfg['seg']['width']}, seed "
+        f"epochs per fold ({cfg['freeze_epochs']} with the U-Net frozen), {_width_line(results)}, seed "
         f"{cfg['seed']}. " + _seg_line(cfg) + " Mean ± standard deviation over folds. " + training_line(results),
         "",
     ]
@@ -532,7 +578,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         "",
         "![biomarkers](biomarkers.png)",
         "",
-        "Biomarkers read from the dense-pretrained classifier's segmentation, by true diagnosis.",
+        f"Biomarkers read from the {'dense' if 'dense' in t else next(iter(t))} variant's segmentation, by true "
+        "diagnosis.",
         "",
         f"Segmentation pretraining on the simulator: [{Path('segmentation') / 'report.md'}]"
         f"({Path('segmentation') / 'report.md'}).",
@@ -541,15 +588,36 @@ def report_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _width_line(results: dict[str, Any]) -> str:
+    """The report's U-Net width: the experiment's, and the foundation's own when it is a variant."""
+    cfg = results["config"]
+    line = f"U-Net width {cfg['seg']['width']}"
+    found = results.get("foundation")
+    if found is None:
+        return line
+    others = [i for i in cfg["inits"] if i != FOUNDATION]
+    own = f"the foundation variant keeps its own U-Net (`{cfg['foundation']}`, width {found['unet']['width']})"
+    return f"{line} ({', '.join(others)}); {own}" if others else own
+
+
 def _seg_line(cfg: dict[str, Any]) -> str:
     """The report sentence on the segmentation loss during fine-tuning."""
     w = cfg.get("seg_weight", 0)
     if not w:
         return "Fine-tuning had no segmentation loss (seg_weight 0): nothing keeps the U-Net segmenting."
-    scratch = " (scratch included)" if "scratch" in cfg.get("inits", ()) else ""
+    inits = cfg.get("inits", ())
+    own = [i for i in inits if i != FOUNDATION]
+    scratch = " (scratch included)" if "scratch" in inits else ""
+    parts = []
+    if own:
+        parts.append(f"for {'every variant' if len(own) > 1 else own[0]}{scratch}, a batch of the pretraining's "
+                     "simulated training frames")  # fmt: skip
+    if FOUNDATION in inits:
+        parts.append(f"for the foundation, a batch of {cfg['foundation_seg_clips'] * 4} randomised simulated frames "
+                     "labelled as the foundation learnt them (bands of the experts' thickness)")  # fmt: skip
     return (
-        f"Every fine-tuning step, for every variant{scratch}, also took a segmentation step on a batch of "
-        f"the pretraining's simulated training frames (`train-cls --seg-data`, weight {w:g})."
+        f"Every fine-tuning step also took a segmentation step ({'; '.join(parts)}; `train-cls --seg-data`, "
+        f"weight {w:g})."
     )
 
 
@@ -602,4 +670,4 @@ def _target_lines(t: dict[str, dict[str, dict[str, float]]]) -> list[str]:
     return lines
 
 
-__all__ = ["PocusExperimentConfig", "run_pocus"]
+__all__ = ["FOUNDATION", "POCUS_INITS", "PocusExperimentConfig", "run_pocus"]

@@ -124,16 +124,29 @@ def train_variants(
     """
     runs = {}
     for init in inits:
-        run = out / f"{init}-seed{ccfg.seed}"
         source = "scratch" if init == "scratch" else f"{init}:{seg_runs / f'{init}-seed{ccfg.seed}'}"
         vcfg = replace(ccfg, init=source, freeze_epochs=0 if init == "scratch" else ccfg.freeze_epochs)
         seg_summary = seg_runs / f"{init}-seed{ccfg.seed}" / "summary.json"
-        if not (_fresh(run, vcfg, folds) and newer(run / "kfold.json", data / "manifest.csv", seg_summary)):
-            resume = _same_config(run / "fold0", vcfg)  # an interrupted run of this config: keep its folds
-            train_kfold(vcfg, data, run, env, folds=folds, progress=progress, overwrite=not resume, resume=resume)
-            evaluate_classification(run)
-        runs[init] = run
+        runs[init] = train_variant(data, out / f"{init}-seed{ccfg.seed}", vcfg, folds, env, progress, seg_summary)
     return runs
+
+
+def train_variant(
+    data: Path,
+    run: Path,
+    ccfg: ClsTrainConfig,
+    folds: int,
+    env: DistEnv,
+    progress: Progress | None = None,
+    *sources: Path,
+) -> Path:
+    """One variant's k-fold run of ``ccfg`` on ``data`` into ``run``, evaluated (``eval.json``); kept when a finished
+    run of the same configuration is newer than the data and every file in ``sources`` (what it started from)."""
+    if not (_fresh(run, ccfg, folds) and newer(run / "kfold.json", data / "manifest.csv", *sources)):
+        resume = _same_config(run / "fold0", ccfg)  # an interrupted run of this config: keep its folds
+        train_kfold(ccfg, data, run, env, folds=folds, progress=progress, overwrite=not resume, resume=resume)
+        evaluate_classification(run)
+    return run
 
 
 def _same_config(fold: Path, ccfg: ClsTrainConfig) -> bool:

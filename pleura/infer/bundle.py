@@ -43,6 +43,12 @@ def _pick_fold(run: Path) -> Path:
     return max(folds, key=lambda p: json.loads((p / "summary.json").read_text()).get("best_val_score") or -1.0)
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``test_predictions.csv``."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def cleaned_frames(data: Path, rows: Sequence[dict[str, str]], side: int) -> np.ndarray:
     """Dataset frames as the predictor makes them: cleaned (scan area found, fitted to ``side``), (N, side, side)."""
     out = np.empty((len(rows), side, side), np.uint8)
@@ -154,8 +160,14 @@ def _save_keeping_weights(model: nn.Module, source: Path, out: Path, meta: dict)
     return path
 
 
-def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed: int = 0) -> tuple[Path, dict]:
+def export_bundle(
+    run: str | Path, out: str | Path, ood_frames: int = 400, seed: int = 0, calibration: str | Path | None = None
+) -> tuple[Path, dict]:
     """Write the predictor file ``out`` (``.safetensors`` plus its ``.json``) from a ``train-cls`` run.
+
+    ``calibration``: for a run trained without a test fold (e.g. on all the data), a k-fold run of the same recipe
+    whose pooled held-out predictions (``fold*/test_predictions.csv``) fit the temperature: how that recipe's models
+    are calibrated on patients they never saw. A fold with its own held-out predictions uses those.
 
     Returns:
         ``(weights path, metadata)``; the metadata holds ``temperature``, the held-out ECE before and after
@@ -177,12 +189,18 @@ def export_bundle(run: str | Path, out: str | Path, ood_frames: int = 400, seed:
         "init": config["train"].get("init", ""),
         "temperature": 1.0,
     }
-    held_out: set[str] = set()
-    preds = fold / "test_predictions.csv"
-    if preds.exists():
-        with open(preds, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        held_out = {r["id"] for r in rows}
+    own = fold / "test_predictions.csv"
+    files = [own] if own.exists() else []
+    if calibration is not None:
+        if files:
+            raise ValueError(f"{fold}: has its own held-out predictions; --calibration is for a run with no test fold")
+        files = sorted(Path(calibration).glob("fold*/test_predictions.csv"))
+        if not files:
+            raise ValueError(f"{calibration}: no fold*/test_predictions.csv (pass a k-fold train-cls run)")
+        meta["calibration_run"] = str(calibration)
+    rows = [r for f in files for r in _read_csv(f)]
+    held_out = {r["id"] for r in rows} if own.exists() else set()
+    if rows:
         prob = np.array([[float(r[f"p_{c}"]) for c in meta["class_names"]] for r in rows])
         y = np.array([int(r["label"]) for r in rows])
         t = fit_temperature(prob, y)

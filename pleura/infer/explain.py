@@ -20,6 +20,8 @@ from pleura.models import ReverseTransferClassifier
 
 def class_activation_map(model: ReverseTransferClassifier, image: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM of ``class_index`` for one cleaned (H, W) uint8 frame, as (H, W) float in [0, 1]."""
+    if not hasattr(model, "head"):  # a segmentation U-Net: no diagnosis to explain
+        raise ValueError(f"Grad-CAM explains a diagnosis; a {type(model).__name__} has no diagnosis head")
     blocks = model.head.blocks
     if len(blocks) == 0:  # a head without conv blocks: the tap itself is the last feature map
         raise ValueError("this classifier's head has no conv blocks; Grad-CAM needs one")

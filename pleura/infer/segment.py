@@ -17,6 +17,10 @@ and for the batch ``segment.json`` (every file, its folder and severity, and the
 ``clips.csv`` (one row per file). Lengths ending ``_px`` are in pixels of the model's map (``map_size`` in the
 JSON; ``map_pixel_mm`` gives their size when the input's pixel size is known).
 
+The model is a classifier (its U-Net segments) or a segmentation U-Net alone (a ``train-seg`` run, a U-Net model
+file, the shipped ``foundation-sparse-w16-128``); the latter has no diagnosis, so the files then say
+``"has_diagnosis": false`` and carry no diagnosis and no out-of-distribution fields.
+
 For exporting labels: :func:`frame_masks` gives ``(frame index, mask at the input's resolution)`` for a file,
 and :func:`result_masks` the same from a ``ClipResult`` already predicted.
 """
@@ -189,7 +193,7 @@ class SegmentWriter:
 
     Args:
         out: the output folder (in ``pleura segment`` a staged one: ``pleura.atomic.staged_folder``).
-        predictor: the model.
+        predictor: the model: a classifier, or a segmentation U-Net (``Predictor(..., require_diagnosis=False)``).
         schema: the schema of the masks written (default: the model's; a coarser one is converted).
         video: write ``overlay.mp4`` for a clip (else only its masks and biomarkers).
         pixel_mm: mm per input pixel for files that state none (a DICOM's own wins when this is ``None``).
@@ -263,6 +267,14 @@ class SegmentWriter:
         self.results.append((name, result))
         return result
 
+    def _diagnosis(self, result: ClipResult) -> dict[str, Any]:
+        """The clip's diagnosis and out-of-distribution count, or nothing for a model with no diagnosis head."""
+        return {"diagnosis": result.diagnosis, "ood_frames": result.ood_frames} if self.predictor.has_diagnosis else {}
+
+    def _ood(self, frame: FrameResult) -> dict[str, Any]:
+        """A frame's out-of-distribution flag, or nothing for a model with no diagnosis head (no detector)."""
+        return {"ood": frame.ood} if self.predictor.has_diagnosis else {}
+
     def _tables(self, result: ClipResult, folder: Path) -> None:
         """``biomarkers.json`` and ``biomarkers.csv`` of one file."""
         area = result.scan_area
@@ -280,14 +292,14 @@ class SegmentWriter:
             "map_pixel_mm": list(map_mm) if map_mm else None,
             "severity": result.severity,
             "severity_rule": result.severity_rule,
-            "diagnosis": result.diagnosis,
-            "ood_frames": result.ood_frames,
+            "has_diagnosis": result.has_diagnosis,
+            **self._diagnosis(result),
             "biomarkers": result.biomarkers,
             "frames": [
                 {
                     "index": f.index,
                     "time_s": f.time_s,
-                    "ood": f.ood,
+                    **self._ood(f),
                     "mask": f"masks/frame_{f.index:06d}.png",
                     "biomarkers": f.biomarkers,
                 }
@@ -295,7 +307,7 @@ class SegmentWriter:
             ],
         }
         write_text(folder / "biomarkers.json", json.dumps(finite(doc), indent=2) + "\n")
-        rows = [{"frame": f.index, "time_s": f.time_s, "ood": f.ood, **f.biomarkers} for f in result.frames]
+        rows = [{"frame": f.index, "time_s": f.time_s, **self._ood(f), **f.biomarkers} for f in result.frames]
         write_text(folder / "biomarkers.csv", csv_text(rows))
 
     def export_labels(self, fmt: ExportFormat | str, final_out: str | Path | None = None) -> ExportReport:
@@ -324,12 +336,14 @@ class SegmentWriter:
     def close(self, failed: list[tuple[Path, str]] | None = None) -> None:
         """Write ``segment.json`` (every file, its folder and severity; the failures) and ``clips.csv``."""
         files = [
-            {"file": printable(r.path), "folder": name, "frames": len(r.frames), "ood_frames": r.ood_frames,
+            {"file": printable(r.path), "folder": name, "frames": len(r.frames),
+             **({"ood_frames": r.ood_frames} if self.predictor.has_diagnosis else {}),
              "severity": r.severity, "severity_rule": r.severity_rule}
             for name, r in self.results
         ]  # fmt: skip
         doc = {
             "model": printable(self.predictor.path),
+            "has_diagnosis": self.predictor.has_diagnosis,
             "schema": self.schema.name,
             "classes": list(self.schema.names),
             "files": files,

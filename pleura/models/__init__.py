@@ -27,12 +27,14 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 
 
 PRETRAINED: dict[str, str] = {  # name -> what it is; the files live in pleura/models/pretrained/ (package data)
-    "pocus-dense-w4-128": "width-4 reverse-transfer classifier, 128 px, trained on POCUS (the default)",
+    "pocus-foundation-w16-128": "width-16 reverse-transfer classifier from the segmentation foundation, 128 px, "
+    "trained on POCUS with the segmentation kept (the default)",
+    "pocus-dense-w4-128": "width-4 reverse-transfer classifier, 128 px, trained on POCUS (the fastest)",
     "pocus-dense-w8-128": "width-8 reverse-transfer classifier, 128 px, trained on POCUS",
     "foundation-sparse-w16-128": "width-16 sparse segmentation U-Net, 128 px, trained on randomised simulated frames "
     "(train-seg --init foundation-sparse-w16-128 fine-tunes it; not a predict model)",
 }
-DEFAULT_PRETRAINED = "pocus-dense-w4-128"
+DEFAULT_PRETRAINED = "pocus-foundation-w16-128"
 
 
 def pretrained(name: str = DEFAULT_PRETRAINED) -> Path:
@@ -41,7 +43,7 @@ def pretrained(name: str = DEFAULT_PRETRAINED) -> Path:
     Read through ``importlib.resources``, so it works from a source checkout and from an installed wheel.
 
     Example:
-        >>> model, meta = load_model(pretrained())  # the default, pocus-dense-w4-128
+        >>> model, meta = load_model(pretrained())  # the default, pocus-foundation-w16-128
     """
     if name not in PRETRAINED:
         raise KeyError(f"unknown pretrained model {name!r}; choose one of: {', '.join(PRETRAINED)}")

@@ -18,6 +18,13 @@ A = {name: i for i, name in enumerate(ANATOMY.names)}
 PLEURAL = (A["pleural_line_healthy"], A["pleural_line_unhealthy"])
 GIVES_WAY = np.zeros(len(ANATOMY.names), bool)
 GIVES_WAY[[A["soft_tissue"], A["fascia"], A["lung_healthy"], A["lung_unhealthy"]]] = True
+#: the experts' band thickness on the real cvat-lus clip, pixels of a 128-px frame: pleural line, A-lines
+EXPERT_BANDS_128 = (8.0, 10.5)
+
+
+def expert_bands(size: int) -> tuple[float, float]:
+    """The experts' pleural-line and A-line band thickness (:data:`EXPERT_BANDS_128`) scaled to ``size`` px."""
+    return EXPERT_BANDS_128[0] * size / 128, EXPERT_BANDS_128[1] * size / 128
 
 
 def _runs(column: np.ndarray) -> list[tuple[int, int]]:

@@ -26,12 +26,12 @@ def comparison_figure(
     import matplotlib.pyplot as plt
 
     from pleura.labels import SPARSE, convert
-    from pleura.simulate.bands import thicken_lines
+    from pleura.simulate.bands import expert_bands, thicken_lines
     from pleura.simulate.writer import simulate_clip
     from pleura.viz import overlay, save_figure
 
     def sparse(anatomy: np.ndarray) -> np.ndarray:
-        return convert(thicken_lines(anatomy, 8 * size / 128, 10.5 * size / 128), "anatomy", "sparse")
+        return convert(thicken_lines(anatomy, *expert_bands(size)), "anatomy", "sparse")
 
     settings = [("normal", Probe.LINEAR), ("covid", Probe.CURVILINEAR), ("pneumonia", Probe.LINEAR),
                 ("covid", Probe.LINEAR), ("normal", Probe.CURVILINEAR), ("pneumonia", Probe.CURVILINEAR)]  # fmt: skip

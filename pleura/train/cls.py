@@ -541,6 +541,8 @@ def train_kfold(
 ) -> list[dict[str, Any]]:
     """Stratified group k-fold: train on k-1 folds, predict the held-out one into ``RUN/fold{k}/``.
 
+    ``folds=1`` has no test fold: one model on all the rows (``RUN/fold0/``, its validation split by ``cfg.group``
+    still picks the epoch), the way a model to ship is trained after a k-fold run measured the recipe.
     Every check (labels, groups per class, the ``--init`` run) runs before the first fold trains. With
     ``resume``, finished folds are kept and an interrupted fold continues from its ``last/`` checkpoint.
     """
@@ -552,7 +554,9 @@ def train_kfold(
         check_init_run(run, kind, image_size(data, rows))
     if cfg.seg_data is not None:
         check_seg_data(Path(cfg.seg_data), image_size(data, rows))
-    splits = group_kfold(rows, folds=folds, seed=cfg.seed, group=cfg.group)
+    if folds < 1:
+        raise ValueError(f"folds should be at least 1 (1: no test fold, all the data), got {folds}")
+    splits = [(list(rows), [])] if folds == 1 else group_kfold(rows, folds=folds, seed=cfg.seed, group=cfg.group)
     from pleura.models.checkpoint import read_checkpoint
 
     summaries = []
@@ -563,7 +567,7 @@ def train_kfold(
             continue
         trainer = ClsTrainer(cfg, data, fold_dir, env, rows=train_rows, progress=progress)
         summary = trainer.fit(resume=resume and (fold_dir / "config.json").exists(), overwrite=overwrite)
-        if env.is_main:
+        if env.is_main and test_rows:
             model, _ = read_checkpoint(fold_dir / "best")
             preds = predict_rows(model, data, test_rows)
             write_predictions(fold_dir / "test_predictions.csv", preds)

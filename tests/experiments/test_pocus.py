@@ -61,6 +61,31 @@ def test_pocus_experiment_tiny(fake_pocus: Path, tmp_path: Path, tmp_path_factor
     assert "pretrained U-Net (before)" in report and "scratch included" in report
 
 
+@pytest.mark.slow
+def test_pocus_foundation_variant(fake_pocus: Path, tmp_path: Path) -> None:
+    """The foundation variant starts from a U-Net model file (its own width), fine-tunes with randomised, banded
+    simulated frames as --seg-data, and is scored before (the file) and after (each fold)."""
+    from pleura.models import UNet, UNetConfig, save_model
+
+    foundation = tmp_path / "found.safetensors"
+    unet = UNet(UNetConfig(num_classes=4, width=6, depth=2, schema="sparse"))
+    save_model(unet, foundation, {"kind": "segmentation", "schema": "sparse", "image_size": [64, 64]})
+    seg = DenseVsSparseConfig(seeds=(0,), train_clips=4, test_clips=2, size=64, epochs=1, width=4, depth=2)
+    cfg = PocusExperimentConfig(seg=seg, max_per_clip=2, folds=2, cls_epochs=1, freeze_epochs=0, batch_size=4,
+                                inits=("foundation",), foundation=str(foundation), foundation_seg_clips=2)  # fmt: skip
+    out = tmp_path / "exp"
+    results = run_pocus(fake_pocus, out, cfg, init_distributed("cpu"))
+    assert set(results["classification"]) == {"foundation"}
+    train = json.loads((out / "classification" / "foundation-seed0" / "fold0" / "config.json").read_text())["train"]
+    assert train["init"] == f"sparse:{foundation}" and train["model"]["unet"]["width"] == 6
+    sim = json.loads((Path(train["seg_data"]) / "dataset.json").read_text())["config"]
+    assert sim["randomize"] is True and sim["line_label_px"] == 4.0 and sim["n"] == 2  # 8 px at 128 -> 4 at 64
+    check = results["segmentation_check"]["variants"]["foundation"]
+    assert check["before"] is not None and len(check["folds"]) == 2
+    report = (out / "report.md").read_text()
+    assert "| foundation |" in report and "width 6" in report and "randomised simulated frames" in report
+
+
 def test_pocus_config_rejects_unknown_variants_and_widths() -> None:
     with pytest.raises(ValueError, match="unknown variants"):
         PocusExperimentConfig(inits=("dense", "imagenet"))
@@ -71,6 +96,10 @@ def test_pocus_config_rejects_unknown_variants_and_widths() -> None:
     for weight in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="seg_weight should be a number >= 0"):
             PocusExperimentConfig(seg_weight=weight)
+    with pytest.raises(ValueError, match="seeds"):
+        PocusExperimentConfig(seed=1)  # the pretraining would run with seed 0
+    with pytest.raises(ValueError, match="foundation_seg_clips"):
+        PocusExperimentConfig(foundation_seg_clips=0)
 
 
 def test_pocus_cli_usage_error(tmp_path: Path) -> None:

@@ -150,7 +150,30 @@ SHIPPED = sorted((Path(__file__).resolve().parents[2] / "pleura" / "models" / "p
 @pytest.mark.parametrize("model", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_models_load_and_flag_a_photograph(model: Path, media: dict[str, Path]) -> None:
     predictor = Predictor(model)
-    assert predictor.engine.class_names == ("covid", "pneumonia", "normal") and predictor.engine.schema == "dense"
+    recorded = json.loads(model.with_suffix(".json").read_text())["metadata"]["schema"]
+    assert predictor.engine.class_names == ("covid", "pneumonia", "normal") and predictor.engine.schema == recorded
     frame = predictor.predict(media["photo"]).frames[0]
     assert sum(frame.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert frame.ood  # trained on real lung ultrasound: a photograph is out of distribution
+
+
+def test_predict_cli_refuses_a_segmentation_model(media: dict[str, Path], tmp_path: Path) -> None:
+    """A U-Net file, a train-seg run and the shipped segmentation foundation have no diagnosis head: one line
+    naming the model, a non-zero exit, nothing written; serve refuses a U-Net file too."""
+    from pleura.models import UNet, UNetConfig, pretrained, save_model
+
+    unet = UNet(UNetConfig(num_classes=4, width=4, depth=2, schema="sparse"))
+    meta = {"kind": "segmentation", "schema": "sparse", "image_size": [64, 64]}
+    model_file = save_model(unet, tmp_path / "unet.safetensors", meta)
+    run = tmp_path / "seg-run"
+    save_model(unet, run / "best" / "model.safetensors", meta)  # what a train-seg run holds
+    shipped = pretrained("foundation-sparse-w16-128")
+    for model, named in ((model_file, model_file), (run, run), ("foundation-sparse-w16-128", shipped)):
+        out = tmp_path / "pred"
+        res = CliRunner().invoke(app, ["predict", str(media["frame"]), "--model", str(model), "--out", str(out)])
+        assert res.exit_code != 0, res.output
+        assert f"{named} is a segmentation model with no diagnosis head; use pleura segment" in res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+        assert not out.exists()
+    res = CliRunner().invoke(app, ["serve", "--model", str(model_file)])  # refused while loading, before listening
+    assert res.exit_code != 0 and f"{model_file} is a segmentation model with no diagnosis head" in res.output

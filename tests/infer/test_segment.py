@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,12 +18,13 @@ from pleura.cli import app
 from pleura.data.cleaning import find_scan_area, fit_to_size
 from pleura.data.readers import read_frames
 from pleura.data.synthetic import write_clip, write_dicom
-from pleura.infer.predictor import Predictor
+from pleura.infer.predictor import ClipResult, Predictor
 from pleura.infer.segment import frame_masks, legend, restore_mask, result_masks, target_schema
-from pleura.labels import DENSE, SPARSE
+from pleura.labels import DENSE, SPARSE, get_schema
 from pleura.models import pretrained
 from pleura.simulate import simulate_clip
 
+DEFAULT_SCHEMA = json.loads(pretrained().with_suffix(".json").read_text())["metadata"]["schema"]  # the default's masks
 ROWS, COLS = 150, 212  # a non-square export: the scan sits in a padded border with burnt-in text
 
 
@@ -103,7 +105,7 @@ def test_predictor_results_carry_the_masks(predictor: Predictor, media: dict[str
     assert [i for i, _ in masks] == [f.index for f in result.frames]
     assert all(m.shape == (ROWS, COLS) and m.max() < SPARSE.num_classes for _, m in masks)
     again = dict(result_masks(result, None, predictor.schema))
-    assert all(m.max() < DENSE.num_classes for m in again.values())
+    assert all(m.max() < get_schema(DEFAULT_SCHEMA).num_classes for m in again.values())
 
 
 def test_blank_frame_biomarkers_are_not_found(predictor: Predictor, media: dict[str, Path]) -> None:
@@ -130,7 +132,7 @@ def test_segment_cli_writes_masks_at_the_input_resolution(media: dict[str, Path]
         m = np.asarray(img)
         assert (m[~area.mask] == 0).all()  # outside the scan area: 0
         assert (m[:10] == 0).all() and (m[:, :40] == 0).all()  # the padded border and the burnt-in text
-        assert m.max() < DENSE.num_classes
+        assert m.max() < get_schema(DEFAULT_SCHEMA).num_classes
     with av.open(str(out / "clip" / "overlay.mp4")) as box:
         first = next(box.decode(video=0)).to_ndarray(format="rgb24")
     assert first.shape[1] == COLS and first.shape[0] > ROWS  # the frame above its legend
@@ -138,7 +140,7 @@ def test_segment_cli_writes_masks_at_the_input_resolution(media: dict[str, Path]
     assert not (out / "frame" / "overlay.mp4").exists()
 
     doc = json.loads((out / "clip" / "biomarkers.json").read_text())
-    assert doc["frame_size"] == [ROWS, COLS] and doc["schema"] == "dense" and len(doc["frames"]) == 6
+    assert doc["frame_size"] == [ROWS, COLS] and doc["schema"] == DEFAULT_SCHEMA and len(doc["frames"]) == 6
     assert "severity" in doc and doc["severity_rule"]
     assert {"pleural_line_found", "b_line_coverage_pct", "pleural_line_depth_mm"} <= set(doc["frames"][0]["biomarkers"])
     with open(out / "clip" / "biomarkers.csv", newline="") as fh:
@@ -158,7 +160,19 @@ def test_segment_cli_writes_masks_at_the_input_resolution(media: dict[str, Path]
 def test_segment_cli_schema_pixel_size_and_bad_options(media: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "sparse"
     res = CliRunner().invoke(
-        app, ["segment", str(media["frame.png"]), "--out", str(out), "--schema", "sparse", "--pixel-mm", "0.3"]
+        app,
+        [
+            "segment",
+            str(media["frame.png"]),
+            "--out",
+            str(out),
+            "--schema",
+            "sparse",
+            "--pixel-mm",
+            "0.3",
+            "--model",
+            "pocus-dense-w4-128",
+        ],  # a dense model: its masks mapped to the sparse schema
     )
     assert res.exit_code == 0, res.output
     m = np.asarray(Image.open(next((out / "frame" / "masks").glob("*.png"))))
@@ -226,3 +240,107 @@ def test_segment_export_labels_round_trip(media: dict[str, Path], tmp_path: Path
                 assert inter / union >= 0.95, (row["frame"], SPARSE.names[c], inter / union)
                 checked += 1
     assert checked > 0
+
+
+@pytest.fixture(scope="module")
+def unet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segmentation-only U-Net (sparse, 64 px), saved as a model file with its schema and image size."""
+    from pleura.models import UNet, UNetConfig, save_model
+
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig(num_classes=4, width=4, depth=2, schema="sparse"))
+    meta = {"kind": "segmentation", "schema": "sparse", "image_size": [64, 64]}
+    return save_model(unet, tmp_path_factory.mktemp("unet") / "unet.safetensors", meta)
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A train-seg run (one epoch of a width-4 sparse U-Net on 64-px simulated frames)."""
+    from kit import simulated
+
+    from pleura.models import UNetConfig
+    from pleura.train.distributed import DistEnv
+    from pleura.train.seg import SegTrainConfig, SegTrainer
+
+    data = simulated(tmp_path_factory, "seg-run-data", n=6, seed=5, size=64, frames=1, workers=1)
+    run = tmp_path_factory.mktemp("seg-run") / "run"
+    cfg = SegTrainConfig(schema="sparse", epochs=1, batch_size=4, model=UNetConfig(width=4, depth=2), workers=0)
+    SegTrainer(cfg, data, run, DistEnv()).fit()
+    return run
+
+
+def _has_no_diagnosis(result: ClipResult) -> None:
+    """A segmentation model's result: no diagnosis, no probabilities, no OOD flag, on the clip and every frame."""
+    assert result.has_diagnosis is False and result.diagnosis is None and result.probabilities == {}
+    assert result.ood_frames == 0 and all(f.diagnosis is None and f.probabilities == {} for f in result.frames)
+    assert result.to_dict(frames=False)["has_diagnosis"] is False
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_predictor_segments_with_a_unet_and_no_diagnosis(unet_file: Path, media: dict[str, Path], engine: str) -> None:
+    """A U-Net alone goes through the one prediction path: masks, biomarkers and severity; no diagnosis, no
+    temperature, no OOD. A diagnosis is refused unless asked for without one."""
+    with pytest.raises(ValueError, match="is a segmentation model with no diagnosis head; use pleura segment"):
+        Predictor(unet_file, engine=engine)
+    predictor = Predictor(unet_file, engine=engine, require_diagnosis=False)
+    assert not predictor.has_diagnosis and predictor.class_names == () and predictor.schema is SPARSE
+    assert predictor.size == 64 and predictor.temperature is None and predictor.ood is None
+    result = predictor.predict(media["clip.mp4"])
+    _has_no_diagnosis(result)
+    assert len(result.frames) == 6 and result.map_size == 64
+    assert all(f.labels is not None and f.labels.shape == (64, 64) for f in result.frames)
+    assert {"pleural_line_found", "b_line_count", "aeration_score"} <= set(result.frames[0].biomarkers)
+    assert result.biomarkers and result.severity_rule  # scored, or the rule says why not
+    json.dumps(result.to_dict())
+    masks = dict(frame_masks(predictor, media["frame.png"]))
+    assert [m.shape for m in masks.values()] == [(ROWS, COLS)] and max(m.max() for m in masks.values()) < 4
+
+
+def test_predictor_refuses_a_unet_without_its_image_size(tmp_path: Path) -> None:
+    from pleura.models import UNet, UNetConfig, save_model
+
+    path = save_model(UNet(UNetConfig(num_classes=4, width=4, depth=2, schema="sparse")), tmp_path / "u.safetensors")
+    with pytest.raises(ValueError, match=r"u\.safetensors: the U-Net records no image_size"):
+        Predictor(path, require_diagnosis=False)
+    with pytest.raises(ValueError, match="not a train-seg run"):
+        Predictor(tmp_path, require_diagnosis=False)  # a folder that holds no run
+
+
+def test_segment_cli_with_a_unet_file_writes_masks_and_no_diagnosis(
+    unet_file: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "seg"
+    args = ["segment", str(media["clip.mp4"]), str(media["frame.png"]), "--model", str(unet_file), "--out", str(out)]
+    res = CliRunner(env={"COLUMNS": "400"}).invoke(app, [*args, "--export-labels", "coco"])
+    assert res.exit_code == 0, res.output
+    assert "segmented 2 of 2 files" in res.output
+    assert {"clip", "frame", "segment.json", "clips.csv", "labels"} <= {p.name for p in out.iterdir()}
+    masks = sorted((out / "clip" / "masks").glob("frame_*.png"))
+    assert len(masks) == 6 and all(Image.open(m).size == (COLS, ROWS) for m in masks)  # the input's resolution
+    assert (out / "clip" / "overlay.mp4").is_file() and (out / "frame" / "overlay.png").is_file()
+    doc = json.loads((out / "clip" / "biomarkers.json").read_text())
+    assert doc["has_diagnosis"] is False and "diagnosis" not in doc and "ood_frames" not in doc
+    assert doc["map_size"] == 64 and doc["schema"] == doc["model_schema"] == "sparse"
+    assert "ood" not in doc["frames"][0] and "pleural_line_found" in doc["frames"][0]["biomarkers"]
+    with open(out / "clip" / "biomarkers.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and "ood" not in rows[0] and "pleural_line_found" in rows[0]
+    summary = json.loads((out / "segment.json").read_text())
+    assert summary["has_diagnosis"] is False and "ood_frames" not in summary["files"][0]
+    with open(out / "clips.csv", newline="") as fh:
+        assert "severity" in next(csv.DictReader(fh))
+    assert json.loads((out / "labels" / "export.json").read_text())["folders"]
+
+
+def test_segment_cli_takes_a_train_seg_run_its_model_file_and_a_shipped_name(
+    seg_run: Path, media: dict[str, Path], tmp_path: Path
+) -> None:
+    _has_no_diagnosis(Predictor(seg_run, engine="torch", require_diagnosis=False).predict(media["frame.png"]))
+    best = seg_run / "best" / "model.safetensors"  # its checkpoint's file: the run's config.json gives the size
+    for k, (model, size) in enumerate(((seg_run, 64), (best, 64), ("foundation-sparse-w16-128", 128))):
+        out = tmp_path / f"seg-{k}"
+        res = CliRunner().invoke(app, ["segment", str(media["frame.png"]), "--model", str(model), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        doc = json.loads((out / "frame" / "biomarkers.json").read_text())
+        assert doc["has_diagnosis"] is False and doc["map_size"] == size and doc["model_schema"] == "sparse"
+        assert Image.open(next((out / "frame" / "masks").glob("*.png"))).size == (COLS, ROWS)

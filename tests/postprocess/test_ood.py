@@ -21,13 +21,13 @@ from pleura.data import read_manifest
 from pleura.infer import OnnxEngine, TorchEngine, export_onnx, make_engine, verify_onnx
 from pleura.infer.bundle import refit_ood
 from pleura.infer.predictor import Predictor
-from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, load_model
+from pleura.models import ReverseTransferClassifier, UNet, UNetConfig, load_model, pretrained
 from pleura.postprocess.frame_stats import FEATURES, frame_statistics
 from pleura.postprocess.ood import IMAGE_FEATURES, MAX_THRESHOLD, MahalanobisPart, OODDetector, image_statistics
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "pleura" / "models" / "pretrained").glob("pocus-*.safetensors"))  # the classifiers
-DEFAULT = ROOT / "pleura" / "models" / "pretrained" / "pocus-dense-w4-128.safetensors"
+DEFAULT = pretrained()  # the default predictor
 TARGET = 0.95  # share of non-lung-ultrasound images that must be flagged (issue 12)
 
 

@@ -81,7 +81,7 @@ def test_clip_answers_what_predict_writes(client, media: dict[str, Path], tmp_pa
     assert cli_res.exit_code == 0, cli_res.output
     expected = json.loads((out / "predictions.json").read_text())
     assert doc["class_names"] == expected["class_names"] and doc["temperature"] == expected["temperature"]
-    assert doc["model"] == "pocus-dense-w4-128.safetensors"  # the file name: no server path in an answer
+    assert doc["model"] == "pocus-foundation-w16-128.safetensors"  # the file name: no server path in an answer
     assert doc["files"][0]["path"] == "exam R3.mp4"  # the client's name is text only, its folders dropped
     assert {**doc["files"][0], "path": None} == {**expected["files"][0], "path": None}
     assert len(doc["files"][0]["frames"]) == 12 and sum(doc["files"][0]["probabilities"].values()) == pytest.approx(1)
@@ -97,7 +97,7 @@ def test_clip_answers_what_predict_writes(client, media: dict[str, Path], tmp_pa
         assert sum(1 for _ in box.decode(video=0)) == 12
     with zipfile.ZipFile(io.BytesIO(client.get(files["masks.zip"]).content)) as z:
         pngs = [n for n in z.namelist() if n.endswith(".png")]
-        assert len(pngs) == 12 and json.loads(z.read("labels.json"))["schema"] == "dense"
+        assert len(pngs) == 12 and json.loads(z.read("labels.json"))["schema"] == _default_schema()
         assert Image.open(io.BytesIO(z.read(pngs[0]))).size == (128, 128)
     player = client.get(files["player.json"]).json()
     assert player["count"] == 12 and len(client.get(files["labels.bin"]).content) == 12 * 128 * 128
@@ -230,7 +230,7 @@ def test_security_headers_and_no_path_from_the_client(client) -> None:
 
 def test_models_list(client) -> None:
     doc = client.get("/api/models").json()
-    assert doc["loaded"]["name"] == "pocus-dense-w4-128" and doc["loaded"]["ood_detector"] is True
+    assert doc["loaded"]["name"] == "pocus-foundation-w16-128" and doc["loaded"]["ood_detector"] is True
     assert [m["name"] for m in doc["models"]] == list(PRETRAINED) and sum(m["loaded"] for m in doc["models"]) == 1
     assert doc["limits"]["max_upload_mb"] == 500 and len(doc["zones"]["14"]) == 14 and len(doc["zones"]["12"]) == 12
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
@@ -321,3 +321,8 @@ def test_serve_command_defaults_are_the_config_defaults() -> None:
             assert value == config[key], f"pleura serve --{name}: {value!r} != ServeConfig.{key} {config[key]!r}"
             checked += 1
     assert checked == 8
+
+
+def _default_schema() -> str:
+    """The mask schema of the default model (its masks are written in it)."""
+    return json.loads(pretrained().with_suffix(".json").read_text())["metadata"]["schema"]

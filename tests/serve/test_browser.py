@@ -95,7 +95,7 @@ def test_upload_a_clip_through_the_page(server: str, clip: Path, tmp_path: Path)
             page.goto(server)
             page.wait_for_selector("body[data-ready=true]")
             assert "Not a medical device" in page.inner_text("#notice")
-            assert "pocus-dense-w4-128" in page.inner_text("#model")
+            assert "pocus-foundation-w16-128" in page.inner_text("#model")
             page.set_input_files("#pick", str(clip))
 
             page.wait_for_selector(".result .diagnosis", timeout=120_000)
