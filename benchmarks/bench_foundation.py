@@ -123,9 +123,11 @@ def main() -> None:
             score = score_real_segmentation(run / "best" / "model.safetensors", real)
             groups.setdefault(f"{schema} runs", []).append({"source": str(run), "score": score,
                                                            "seconds": time.perf_counter() - t})  # fmt: skip
-        for model in args.models:
+        stems = [m.stem for m in args.models]
+        for model in args.models:  # named by file stem, or by path where two files share one (run/last/model...)
             score = score_real_segmentation(model, real)
-            groups[model.stem] = [{"source": str(model), "score": score}]
+            name = model.stem if stems.count(model.stem) == 1 else str(model.with_suffix(""))
+            groups[name] = [{"source": str(model), "score": score}]
     rows, table = [], {}
     for name, items in groups.items():
         cells = []

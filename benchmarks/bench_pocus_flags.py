@@ -37,7 +37,7 @@ from PIL import Image
 
 from pleura.data.readers import ReadError, iter_frames
 from pleura.infer.predictor import ClipResult, Predictor, map_scan_area
-from pleura.labels import DENSE, get_schema
+from pleura.labels import Schema, get_schema
 from pleura.metrics.classification import binary_roc_auc
 from pleura.models import DEFAULT_PRETRAINED, pretrained
 from pleura.report import fmt
@@ -85,19 +85,22 @@ def _auc(pairs: list[tuple[int, float | None]], not_found_lowest: bool) -> tuple
     return (binary_roc_auc(y, x) if pos and neg else float("nan")), pos, neg
 
 
-def map_shares(result: ClipResult) -> dict[str, float | None]:
+def map_shares(result: ClipResult, schema: Schema) -> dict[str, float | None]:
     """Mean over the in-distribution frames of the share of the scan area that the map gives the B-line class and
-    the below-pleura-unhealthy class: what the map says with no rule applied (not a biomarker)."""
+    the below-pleura-unhealthy class: what the map says with no rule applied (not a biomarker). A class the
+    model's schema lacks (a sparse model has no below-pleura classes) is ``None``."""
+    wanted = (("map_b_line_share", "b_line"), ("map_below_unhealthy_share", "below_pleura_unhealthy"))
     if result.scan_area is None:
-        return {"map_b_line_share": None, "map_below_unhealthy_share": None}
+        return {name: None for name, _ in wanted}
     area = map_scan_area(result.scan_area, result.map_size)
     frames = [f for f in result.frames if not f.ood] or result.frames
     n = max(int(area.sum()), 1)
-    share = {
-        name: float(np.mean([(f.labels[area] == DENSE.index(cls)).sum() / n for f in frames]))  # type: ignore[index]
-        for name, cls in (("map_b_line_share", "b_line"), ("map_below_unhealthy_share", "below_pleura_unhealthy"))
+    return {
+        name: float(np.mean([(f.labels[area] == schema.index(cls)).sum() / n for f in frames]))  # type: ignore[index]
+        if cls in schema.names
+        else None
+        for name, cls in wanted
     }
-    return share
 
 
 def flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,8 +108,6 @@ def flags(args: argparse.Namespace) -> dict[str, Any]:
     rows = [r for r in _rows(args.data) if any(r.get(f) in ("0", "1") for f, _ in CHECKS)]
     rows = rows[: args.limit] if args.limit else rows
     predictor = Predictor(args.model, rate=args.rate, max_frames=args.max_frames)
-    if predictor.schema.name != "dense":
-        raise SystemExit(f"{args.model}: a {predictor.schema.name} model; this check reads dense classes")
     clips: list[dict[str, Any]] = []
     start = time.perf_counter()
     for k, row in enumerate(rows, 1):
@@ -117,7 +118,8 @@ def flags(args: argparse.Namespace) -> dict[str, Any]:
             continue
         clips.append({"file": row["file"], "type": row["type"], "cls": row["cls"],
                       **{f: row.get(f, "") for f in {f for f, _ in CHECKS}},
-                      "frames": len(r.frames), "severity": r.severity, **r.biomarkers, **map_shares(r)})  # fmt: skip
+                      "frames": len(r.frames), "severity": r.severity, **r.biomarkers,
+                      **map_shares(r, predictor.schema)})  # fmt: skip
         if k % 20 == 0:
             print(f"{k}/{len(rows)} files, {time.perf_counter() - start:.0f} s", file=sys.stderr)
     seconds = time.perf_counter() - start
@@ -193,9 +195,10 @@ def figure(args: argparse.Namespace, path: Path) -> list[str]:
             for a in ax:
                 a.set_xticks([])
                 a.set_yticks([])
-            present = {DENSE.names[i] for i in np.unique(mask)}
+            present = {get_schema(doc["schema"]).names[i] for i in np.unique(mask)}
             lines.append(f"{row['file']}: classes in the mask: {', '.join(sorted(present))}; {doc['severity_rule']}")
-        handles = [Patch(color=np.array(c.color) / 255, label=c.name) for c in DENSE.classes if c.name not in UNTINTED]
+        shown = get_schema(doc["schema"])
+        handles = [Patch(color=np.array(c.color) / 255, label=c.name) for c in shown.classes if c.name not in UNTINTED]
         fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
         fig.suptitle("pleura segment, shipped default model, real POCUS clips: frame | mask overlay", fontsize=9)
         fig.tight_layout(rect=(0, 0.05, 1, 0.97))

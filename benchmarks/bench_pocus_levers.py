@@ -8,8 +8,8 @@ marker side is arbitrary in POCUS), and the frame probabilities are pooled per c
 - ``tta``: the mean over the frames and their mirror images;
 - ``geometric``: the normalised geometric mean (mean log-probability), which lets confident frames weigh more.
 
-Printed: video-level balanced accuracy and COVID-19 sensitivity and specificity, mean ± std over folds, per run and
-pooled over the runs given (seeds).
+Printed: video-level balanced accuracy and COVID-19 sensitivity and specificity, mean ± std over folds per run, and
+over the runs given (seeds) the mean ± std of their fold means. The ``mean`` rows reproduce ``eval-cls``'s figures.
 
     python benchmarks/bench_pocus_levers.py runs/pocus/classification/foundation-seed0 [more runs]
 """
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import machine, save
-from tqdm import tqdm
+from rich.progress import track
 
 from pleura.data import read_manifest
 from pleura.data.dataset import LUSDataset
 from pleura.labels import DIAGNOSES
 from pleura.metrics.classification import aggregate_by_group, classification_metrics
 from pleura.models.checkpoint import read_checkpoint
-from pleura.report import fmt
+from pleura.report import fmt, mean_std
 
 POOLINGS = ("mean", "tta", "geometric")
 COVID = DIAGNOSES.index("covid")
@@ -54,40 +54,43 @@ def fold_probabilities(fold: Path, data: Path) -> tuple[list[str], np.ndarray, n
     return [r["clip_id"] for r in rows], labels, np.concatenate(plain), np.concatenate(mirrored)
 
 
-def video_scores(clips: list[str], y: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """Video-level balanced accuracy, COVID-19 sensitivity and specificity of frame probabilities pooled by clip."""
-    _, yc, pc = aggregate_by_group(clips, y, prob)
+def video_scores(yc: np.ndarray, pc: np.ndarray) -> dict[str, float]:
+    """Video-level balanced accuracy, COVID-19 sensitivity and specificity of clip labels and probabilities."""
     m = classification_metrics(yc, pc)
     c = m["per_class"][DIAGNOSES[COVID]]
     return {"balanced_accuracy": m["balanced_accuracy"], "covid_sensitivity": c["recall"],
             "covid_specificity": c["specificity"]}  # fmt: skip
 
 
-def pooled(plain: np.ndarray, mirrored: np.ndarray, how: str) -> np.ndarray:
-    """Frame probabilities as pooled by ``how``: as they are, averaged with the mirror's, or as log-probabilities
-    whose per-clip mean :func:`aggregate_by_group` then takes (renormalised after)."""
-    if how == "tta":
-        return (plain + mirrored) / 2
+def clip_probabilities(clips: list[str], y: np.ndarray, plain: np.ndarray, mirrored: np.ndarray, how: str):
+    """``(clip labels, clip probabilities)`` pooled by ``how``: the mean of the frames' probabilities (``mean``), of
+    the frames' and their mirrors' (``tta``), or the renormalised geometric mean (``geometric``)."""
     if how == "geometric":
-        return np.log(np.clip(plain, 1e-6, 1.0))
-    return plain
+        _, yc, _ = aggregate_by_group(clips, y, plain)
+        ids, inverse = np.unique(np.asarray(clips), return_inverse=True)
+        logs = np.zeros((len(ids), plain.shape[1]))
+        np.add.at(logs, inverse, np.log(np.clip(plain, 1e-6, 1.0)))
+        logs /= np.bincount(inverse, minlength=len(ids))[:, None]
+        p = np.exp(logs - logs.max(1, keepdims=True))
+        return yc, p / p.sum(1, keepdims=True)
+    _, yc, pc = aggregate_by_group(clips, y, (plain + mirrored) / 2 if how == "tta" else plain)
+    return yc, pc
 
 
 def score_run(run: Path, data: Path) -> dict[str, list[dict[str, float]]]:
     """Per pooling, the video scores of each fold of ``run``."""
     out: dict[str, list[dict[str, float]]] = {p: [] for p in POOLINGS}
-    for fold in tqdm(sorted(run.glob("fold*")), desc=run.name, unit="fold"):
+    for fold in track(sorted(run.glob("fold*")), description=run.name):
         clips, y, plain, mirrored = fold_probabilities(fold, data)
         for how in POOLINGS:
-            prob = pooled(plain, mirrored, how)
-            if how == "geometric":  # mean log-probability per clip, then back to probabilities
-                groups, yc, lc = aggregate_by_group(clips, y, prob)
-                pc = np.exp(lc - lc.max(1, keepdims=True))
-                prob, clips_, y_ = pc / pc.sum(1, keepdims=True), list(groups), yc
-                out[how].append(video_scores(clips_, y_, prob))
-            else:
-                out[how].append(video_scores(clips, y, prob))
+            out[how].append(video_scores(*clip_probabilities(clips, y, plain, mirrored, how)))
     return out
+
+
+def _mean_std(values: list[float]) -> str:
+    """``mean ± std`` of the finite values, as the reports compute them (``pleura.report.mean_std``, ddof 1)."""
+    mean, std = mean_std(values)
+    return fmt(mean, pm=std)
 
 
 def main() -> None:
@@ -100,17 +103,15 @@ def main() -> None:
     for run in args.runs:
         data = Path(json.loads((run / "kfold.json").read_text())["data"])
         results[str(run)] = score_run(run, data)
+    keys = ("balanced_accuracy", "covid_sensitivity", "covid_specificity")
     rows = []
     for how in POOLINGS:
-        for name, scores in [*((r, s[how]) for r, s in results.items()),
-                             ("all runs", [f for s in results.values() for f in s[how]])]:  # fmt: skip
-            if name == "all runs" and len(results) == 1:
-                continue
-            cells = []
-            for key in ("balanced_accuracy", "covid_sensitivity", "covid_specificity"):
-                v = np.array([f[key] for f in scores], dtype=float)
-                cells.append(fmt(float(np.nanmean(v)), pm=float(np.nanstd(v))))
-            rows.append([how, Path(name).name if name != "all runs" else name, *cells])
+        for run, scores in results.items():  # mean ± std over the run's folds
+            cells = [_mean_std([f[k] for f in scores[how]]) for k in keys]
+            rows.append([how, Path(run).name, *cells])
+        if len(results) > 1:  # mean ± std over the runs (seeds) of their fold means
+            cells = [_mean_std([np.nanmean([f[k] for f in s[how]]) for s in results.values()]) for k in keys]
+            rows.append([how, f"{len(results)} runs (± std over runs)", *cells])
     result = {"machine": machine(), "seconds": time.perf_counter() - start, "runs": results}
     save(args.out, result, ["pooling", "run", "video bal. acc.", "video COVID sens.", "video COVID spec."], rows)
 

@@ -3,8 +3,8 @@
 Target (issue 6): a 60-second clip at 30 frames/s (1,800 frames) predicted end to end faster than real
 time on the 2-core machine. The clip is made here: simulated frames (256 px, lung sliding) placed on a
 640x480 scanner-like screen with burnt-in text, encoded as H.264 MP4. The model is the default shipped
-predictor file (``pleura.models.pretrained()``, ``pocus-dense-w4-128``: width 4, 128 px, trained on POCUS), another one
-with ``--model``, or with ``--random`` a random-weight model of ``--width`` and ``--size`` (its noisy
+predictor file (``pleura.models.pretrained()``, ``pocus-foundation-w16-128``: width 16, 128 px, trained on POCUS),
+another one with ``--model``, or with ``--random`` a random-weight model of ``--width`` and ``--size`` (its noisy
 segmentation makes the biomarkers slower than a trained model's). Every frame is decoded; frames are
 predicted at ``predict``'s default 10 per second and, in a second run, every frame; each run writes the
 annotated MP4, the PNG with the activation map, and the JSON/CSV tables.
@@ -25,7 +25,9 @@ import av
 import numpy as np
 from common import machine, save
 
-SHIPPED = Path(__file__).resolve().parents[1] / "pleura" / "models" / "pretrained" / "pocus-dense-w4-128.safetensors"
+from pleura.models import pretrained
+
+SHIPPED = pretrained()  # the default predictor
 
 
 def make_clip(path: Path, seconds: float, fps: int = 30) -> int:

@@ -197,6 +197,19 @@ def train_seg(
         "--init",
         help="Start from this U-Net: a shipped model (foundation-sparse-w16-128), a train-seg run or a model file.",
     ),
+    adapt_data: Path = typer.Option(
+        None,
+        "--adapt-data",
+        help="Unlabelled real frames (e.g. data import-pocus) to self-train on: the epoch's starting model labels "
+        "them where confident, the model learns them under strong intensity changes.",
+        **DATASET,
+    ),
+    adapt_weight: float = typer.Option(
+        0.5, "--adapt-weight", help="Weight of the self-training loss on --adapt-data.", callback=_positive
+    ),
+    adapt_threshold: float = typer.Option(
+        0.9, "--adapt-threshold", help="Teacher probability a pixel needs to be a pseudo-label.", min=0.0, max=1.0
+    ),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping may end sooner).", min=1),
     batch_size: BatchSize = 8,
     lr: float = typer.Option(2e-3, "--lr", help="Peak AdamW learning rate.", callback=_positive),
@@ -225,7 +238,8 @@ def train_seg(
         cfg = SegTrainConfig(
             schema=schema, epochs=epochs, batch_size=batch_size, lr=lr, model=UNetConfig(width=width, depth=depth),
             patience=patience, seed=seed, augment=not no_augment, workers=workers, device=device,
-            init=init or "", data_weights=weights,
+            init=init or "", data_weights=weights, adapt_data=adapt_data, adapt_weight=adapt_weight,
+            adapt_threshold=adapt_threshold,
         )  # fmt: skip
         cfg.model_config()
         env = init_distributed(device)
@@ -656,6 +670,13 @@ def pocus_experiment(
         0.5, "--seg-weight", help="Segmentation loss on the simulated frames while fine-tuning (0: none).", min=0.0
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the pretraining, the folds' training and the splits.", min=0),
+    max_per_clip: int = typer.Option(
+        None, "--max-per-clip", help="Frames kept per clip (3 per second); default: the budget's.", min=1
+    ),
+    epochs: int = typer.Option(None, "--epochs", help="Classifier epochs per fold; default: the budget's.", min=1),
+    freeze_epochs: int = typer.Option(
+        None, "--freeze-epochs", help="Of those, epochs with the U-Net frozen; default: the budget's.", min=0
+    ),
     cvat_lus: Path = typer.Option(
         None,
         "--cvat-lus",
@@ -676,8 +697,10 @@ def pocus_experiment(
 
     def config() -> PocusExperimentConfig:  # replace() runs the configs' checks (__post_init__) on the new values
         seg = replace(base.seg, style=style, width=width if width is not None else base.seg.width, seeds=(seed,))
+        budget = {k: v for k, v in (("max_per_clip", max_per_clip), ("cls_epochs", epochs),
+                                    ("freeze_epochs", freeze_epochs)) if v is not None}  # fmt: skip
         return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()),
-                       seg_weight=seg_weight, seed=seed)  # fmt: skip
+                       seg_weight=seg_weight, seed=seed, **budget)  # fmt: skip
 
     _study(partial(run_pocus, data, real_seg=cvat_lus), out, config, device)
 
@@ -841,6 +864,9 @@ def predict(
         10.0, "--rate", help="Frames per second predicted from clips; 0 = every frame.", min=0.0
     ),
     max_frames: int = typer.Option(0, "--max-frames", help="At most this many frames per file; 0 = all.", min=0),
+    tta: bool = typer.Option(
+        False, "--tta", help="Average each frame's probabilities with its left-right mirror's (2x the inference)."
+    ),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
     overwrite: Overwrite = False,
 ) -> None:
@@ -861,7 +887,8 @@ def predict(
     with contextlib.ExitStack() as stack:
         try:
             path = stack.enter_context(_model_file(model))
-            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
+            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device,
+                                  tta=tta)  # fmt: skip
         except (ValueError, OSError, KeyError) as e:
             fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
         try:

@@ -6,6 +6,7 @@ from pleura.data.readers import Frame, MediaInfo, ReadError, iter_frames, media_
 from pleura.data.splits import group_kfold, split_by_group
 from pleura.data.transforms import (
     Compose,
+    RandomBlur,
     RandomGain,
     RandomGamma,
     RandomHorizontalFlip,
@@ -13,6 +14,7 @@ from pleura.data.transforms import (
     SpeckleNoise,
     Transform,
     default_augmentation,
+    strong_augmentation,
 )
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "LUSDataset",
     "ManifestError",
     "MediaInfo",
+    "RandomBlur",
     "RandomGain",
     "RandomGamma",
     "RandomHorizontalFlip",
@@ -39,5 +42,6 @@ __all__ = [
     "read_manifest",
     "sniff",
     "split_by_group",
+    "strong_augmentation",
     "to_gray_uint8",
 ]

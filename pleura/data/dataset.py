@@ -46,6 +46,8 @@ class LUSDataset(Dataset):
         rows: a subset of ``read_manifest(root)`` rows (e.g. one part of ``split_by_group``); all rows
             when ``None``.
         seed: base seed of the per-item augmentation.
+        strong: a second, stronger transform applied on top of ``transform``'s result (image only); the item
+            then also holds it as ``strong`` (a student's view of the teacher's ``image``, for self-training).
 
     Example:
         >>> rows = read_manifest("data/sim")  # doctest: +SKIP
@@ -62,12 +64,13 @@ class LUSDataset(Dataset):
         transform: Transform | None = None,
         rows: Sequence[dict[str, str]] | None = None,
         seed: int = 0,
+        strong: Transform | None = None,
     ) -> None:
         self.csv_path = manifest_path(root)
         self.root = self.csv_path.parent
         self.rows = list(rows) if rows is not None else read_manifest(self.csv_path)
         self.schema = get_schema(schema) if schema is not None else None
-        self.transform = transform
+        self.transform, self.strong = transform, strong
         self.seed = seed
         self.epoch = 0
         self._mask_columns = self._find_mask_columns()
@@ -101,8 +104,8 @@ class LUSDataset(Dataset):
         image_path = self.root / row["image"]
         image = _read_image(image_path, self._where(row))
         mask = None if self.schema is None else self._read_mask(row, image_path, image.shape, self.schema.name)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         if self.transform is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             image, mask = self.transform(image, mask, rng)
         item: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None],  # (1, H, W)
@@ -114,6 +117,9 @@ class LUSDataset(Dataset):
         }
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))  # (H, W)
+        if self.strong is not None:  # drawn after ``transform`` from the same generator
+            view, _ = self.strong(image, None, rng)
+            item["strong"] = torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32))[None]
         return item
 
     def read_mask(self, index: int) -> np.ndarray:

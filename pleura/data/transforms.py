@@ -151,6 +151,27 @@ class RandomHorizontalFlip:
         return image[:, ::-1].copy(), None if mask is None else mask[:, ::-1].copy()
 
 
+class RandomBlur:
+    """Gaussian blur with a standard deviation drawn uniformly from ``[0, max_sigma]`` pixels (a coarser speckle, a
+    lower-frequency probe); pixels outside the scan (0) stay 0."""
+
+    def __init__(self, max_sigma: float = 1.5) -> None:
+        if max_sigma < 0:
+            raise ValueError(f"max_sigma should be >= 0, got {max_sigma}")
+        self.max_sigma = max_sigma
+
+    def __call__(self, image: np.ndarray, mask: Mask, rng: np.random.Generator) -> tuple[np.ndarray, Mask]:
+        sigma = rng.uniform(0.0, self.max_sigma)
+        out = ndimage.gaussian_filter(image, sigma).astype(np.float32)
+        return np.where(image > 0, out, np.float32(0.0)), mask
+
+
+def strong_augmentation() -> Compose:
+    """Intensity-only, strong: gain +-6 dB, gamma 0.6-1.6, blur up to 1.5 px, speckle up to 0.5. No geometry, so a
+    teacher's mask of the plain frame is the answer for this view (``train-seg --adapt-data``)."""
+    return Compose([RandomGain(6.0), RandomGamma((0.6, 1.6)), RandomBlur(1.5), SpeckleNoise(0.5)])
+
+
 def default_augmentation(schema: str | None = "dense") -> Compose:
     """Flip, zoom by up to 10%, gain +-3 dB, gamma 0.8-1.25 and light speckle.
 

@@ -112,6 +112,8 @@ class PocusExperimentConfig:
         w = self.seg_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise ValueError(f"seg_weight should be a number >= 0 (0: no segmentation loss), got {w!r}")
+        if not 0 <= self.freeze_epochs < self.cls_epochs:
+            raise ValueError(f"freeze_epochs should be in [0, cls_epochs={self.cls_epochs}), got {self.freeze_epochs}")
         if self.seg.seeds != (self.seed,):
             raise ValueError(f"the pretraining's seeds {self.seg.seeds} should be the experiment's seed ({self.seed},)")
 

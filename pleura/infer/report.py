@@ -102,6 +102,7 @@ class PredictionWriter:
         meta = {
             "model": printable(self.predictor.path),
             "temperature": self.predictor.temperature,
+            "tta": self.predictor.tta,
             "class_names": names,
         }
         doc = {**meta, "files": [{**r.to_dict(), "path": printable(r.path)} for r in self.results]}

@@ -244,6 +244,7 @@ class _View:
         self.model = model
         self.path = Path(predictor.path.name)
         self.schema, self.class_names, self.temperature = predictor.schema, predictor.class_names, predictor.temperature
+        self.tta = predictor.tta  # the report states whether the mirror was averaged in
 
     def predict(self, path: str | Path, on_frame: FrameHook | None = None, **options: Any) -> ClipResult:
         """``Predictor.predict`` (its keyword options passed on) with this view's hook called after the writer's."""

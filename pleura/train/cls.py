@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from pleura.atomic import write_json, write_text
 from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
@@ -48,12 +47,11 @@ from pleura.report import csv_text
 from pleura.train.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
-from pleura.train.samplers import WeightedSampler
-from pleura.train.seg import scan_masks
+from pleura.train.samplers import SegStream, StepSampler, WeightedSampler
+from pleura.train.seg import check_frames, scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
 SCRATCH_SCHEMA = DENSE  # the schema a U-Net trained from scratch predicts (its classes size the head)
-SEG_STREAM_TAG = 14  # separates the segmentation stream's shuffles from the other draws of the same seed
 TORCH_RNG_TAG = 15  # the same for the per-epoch seed of torch's generator (the head's dropout)
 
 
@@ -108,54 +106,6 @@ class BalancedSampler(WeightedSampler):
         super().__init__(1.0 / counts[self.labels], env, seed)
 
 
-class SegStream(Dataset):
-    """An endless stream over a segmentation dataset: position ``p`` is item ``perm_c[i]`` of pass ``c``, where
-    ``c, i = divmod(p, len(dataset))`` and ``perm_c`` is a shuffle seeded by ``(seed, c)``.
-
-    Every pass visits every frame once in a new order; the frame's augmentation is seeded by ``(the dataset's
-    seed, c, index)``, so a frame seen again gets another augmentation. Each position's frame depends only on
-    these numbers (not on workers or on what was read before), which makes a stream restartable anywhere.
-    """
-
-    def __init__(self, dataset: LUSDataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def locate(self, position: int) -> tuple[int, int]:
-        """``(pass, dataset index)`` of stream position ``position``."""
-        cycle, i = divmod(int(position), len(self.dataset))
-        if self._perm is None or self._perm[0] != cycle:
-            rng = np.random.default_rng([self.seed, SEG_STREAM_TAG, cycle])
-            self._perm = (cycle, rng.permutation(len(self.dataset)))
-        return cycle, int(self._perm[1][i])
-
-    def __getitem__(self, position: int) -> dict[str, Any]:
-        cycle, index = self.locate(position)
-        self.dataset.set_epoch(cycle)  # the augmentation's seed: (seed, pass, index)
-        return self.dataset[index]
-
-
-class StepSampler(Sampler[int]):
-    """Stream positions of one rank, ``batch_size`` per optimizer step from step ``start`` on, without end.
-
-    Step ``s`` of rank ``r`` takes positions ``(s * world_size + r) * batch_size`` onwards: the ranks' batches
-    of a step are disjoint, and the batch of a step does not depend on where the stream was restarted.
-    """
-
-    def __init__(self, batch_size: int, env: DistEnv) -> None:
-        self.batch_size, self.env, self.start = batch_size, env, 0
-
-    def __iter__(self) -> Iterator[int]:
-        step = self.start
-        while True:
-            base = (step * self.env.world_size + self.env.rank) * self.batch_size
-            yield from range(base, base + self.batch_size)
-            step += 1
-
-
 @contextmanager
 def running_stats_kept(module: torch.nn.Module) -> Iterator[None]:
     """BatchNorm layers of ``module`` normalise with their batch's statistics (in training mode) but leave their
@@ -169,27 +119,6 @@ def running_stats_kept(module: torch.nn.Module) -> Iterator[None]:
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
-
-
-def check_seg_data(root: Path, size: tuple[int, int]) -> list[dict[str, str]]:
-    """The ``--seg-data`` folder is a manifest dataset whose every frame has the classification frames' ``size``
-    (read from the image headers); returns its rows. The first frame that is not is named."""
-    if not root.is_dir():
-        raise TrainError(f"{root}: --seg-data is not a folder (a manifest dataset of simulated frames with masks)")
-    rows = read_manifest(root)
-    for row in rows:
-        path = root / row["image"]
-        try:
-            with Image.open(path) as im:
-                hw = (im.size[1], im.size[0])
-        except OSError as e:
-            raise TrainError(f"{path}: cannot read image ({e})") from None
-        if hw != tuple(size):
-            raise TrainError(
-                f"{path}: --seg-data frames must have the classification frames' size, {size[0]}x{size[1]}, "
-                f"but this one is {hw[0]}x{hw[1]}; simulate them at that size (pleura simulate --size {size[0]})"
-            )
-    return rows
 
 
 class ClsTrainer(Trainer):
@@ -253,7 +182,7 @@ class ClsTrainer(Trainer):
         """The ``--seg-data`` stream and its held-out part: checked (frame size, every mask), split by clip as
         ``train-seg`` splits it, class weights from the training part's pixels. Returns facts for ``config.json``."""
         cfg = self.cfg
-        rows = check_seg_data(root, self.size)
+        rows = check_frames(root, self.size, "--seg-data", "simulated frames with masks")
         train_rows, val_rows = split_by_group(rows, cfg.val_fraction, seed=cfg.seed, group="clip_id")
         aug = default_augmentation(schema_name) if cfg.augment else None
         seg_train = LUSDataset(root, schema_name, transform=aug, rows=train_rows, seed=cfg.seed)
@@ -553,7 +482,7 @@ def train_kfold(
     if run is not None:
         check_init_run(run, kind, image_size(data, rows))
     if cfg.seg_data is not None:
-        check_seg_data(Path(cfg.seg_data), image_size(data, rows))
+        check_frames(Path(cfg.seg_data), image_size(data, rows), "--seg-data", "simulated frames with masks")
     if folds < 1:
         raise ValueError(f"folds should be at least 1 (1: no test fold, all the data), got {folds}")
     splits = [(list(rows), [])] if folds == 1 else group_kfold(rows, folds=folds, seed=cfg.seed, group=cfg.group)

@@ -59,3 +59,19 @@ def segmentation_loss(
     w = None if weights is None else weights.to(logits.device)
     ce = F.cross_entropy(logits.float(), target, weight=w)
     return ce + dice_weight * soft_dice_loss(logits, target, w) if dice_weight else ce
+
+
+def pseudo_label_loss(
+    logits: torch.Tensor, teacher_prob: torch.Tensor, threshold: float, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """Self-training loss: cross-entropy of the student's ``logits`` against the teacher's most likely class, on the
+    pixels where the teacher's probability reaches ``threshold`` (FixMatch's confidence mask), class-weighted.
+
+    Returns:
+        The loss (0 when no pixel is confident) and the share of pixels kept as pseudo-labels.
+    """
+    confidence, target = teacher_prob.max(1)
+    keep = (confidence >= threshold).float()
+    ce = F.cross_entropy(logits.float(), target, weight=weights, reduction="none")  # weights[target] * CE
+    norm = keep * (weights[target] if weights is not None else 1.0)
+    return (ce * keep).sum() / norm.sum().clamp_min(1e-6), float(keep.mean())

@@ -1,14 +1,20 @@
-"""Training samplers that draw items with given probabilities, the same on every rank for a (seed, epoch)."""
+"""Training samplers, the same on every rank for a (seed, epoch): items drawn with given probabilities, and the
+endless, restartable streams of a second batch per optimizer step (``train-cls --seg-data``, ``train-seg
+--adapt-data``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
+from pleura.data import LUSDataset
 from pleura.train.distributed import DistEnv
+
+SEG_STREAM_TAG = 14  # separates a stream's shuffles from the other draws of the same seed
 
 
 class WeightedSampler(Sampler[int]):
@@ -37,3 +43,51 @@ class WeightedSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         draw = rng.choice(len(self.p), size=self.per_rank * self.env.world_size, p=self.p)
         return iter(draw[self.env.rank :: self.env.world_size].tolist())
+
+
+class SegStream(Dataset):
+    """An endless stream over a segmentation dataset: position ``p`` is item ``perm_c[i]`` of pass ``c``, where
+    ``c, i = divmod(p, len(dataset))`` and ``perm_c`` is a shuffle seeded by ``(seed, c)``.
+
+    Every pass visits every frame once in a new order; the frame's augmentation is seeded by ``(the dataset's
+    seed, c, index)``, so a frame seen again gets another augmentation. Each position's frame depends only on
+    these numbers (not on workers or on what was read before), which makes a stream restartable anywhere.
+    """
+
+    def __init__(self, dataset: LUSDataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """``(pass, dataset index)`` of stream position ``position``."""
+        cycle, i = divmod(int(position), len(self.dataset))
+        if self._perm is None or self._perm[0] != cycle:
+            rng = np.random.default_rng([self.seed, SEG_STREAM_TAG, cycle])
+            self._perm = (cycle, rng.permutation(len(self.dataset)))
+        return cycle, int(self._perm[1][i])
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        cycle, index = self.locate(position)
+        self.dataset.set_epoch(cycle)  # the augmentation's seed: (seed, pass, index)
+        return self.dataset[index]
+
+
+class StepSampler(Sampler[int]):
+    """Stream positions of one rank, ``batch_size`` per optimizer step from step ``start`` on, without end.
+
+    Step ``s`` of rank ``r`` takes positions ``(s * world_size + r) * batch_size`` onwards: the ranks' batches
+    of a step are disjoint, and the batch of a step does not depend on where the stream was restarted.
+    """
+
+    def __init__(self, batch_size: int, env: DistEnv) -> None:
+        self.batch_size, self.env, self.start = batch_size, env, 0
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start
+        while True:
+            base = (step * self.env.world_size + self.env.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+            step += 1

@@ -1,33 +1,49 @@
 """Segmentation training: a U-Net on a manifest dataset, dense or sparse labels.
 
 Cross-entropy plus soft Dice with class weights, a validation split by clip, early stopping on
-validation mean IoU; everything else (AdamW and cosine schedule, torchrun, checkpoints, exact resume,
+validation mean IoU. With ``adapt_data`` (unlabelled real frames) every step adds a self-training loss: the model
+as it was at the start of the epoch (the teacher) labels a real frame where it is confident, and the model learns
+those labels on a strongly re-intensified view of the frame (noisy-student / FixMatch-style consistency).
+Everything else (AdamW and cosine schedule, torchrun, checkpoints, exact resume,
 mixed precision on CUDA) is the shared loop in ``pleura.train.loop``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
-from pleura.data import LUSDataset, default_augmentation, image_size, read_manifest, split_by_group
+from pleura.data import (
+    Compose,
+    LUSDataset,
+    RandomHorizontalFlip,
+    RandomScaleCrop,
+    default_augmentation,
+    image_size,
+    read_manifest,
+    split_by_group,
+    strong_augmentation,
+)
 from pleura.labels import get_schema
 from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import PRETRAINED, UNet, UNetConfig
 from pleura.models.config import nested_config
 from pleura.train.distributed import DistEnv, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
-from pleura.train.losses import class_weights, segmentation_loss
-from pleura.train.samplers import WeightedSampler
+from pleura.train.losses import class_weights, pseudo_label_loss, segmentation_loss
+from pleura.train.samplers import SegStream, StepSampler, WeightedSampler
 
-__all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "scan_masks"]
+__all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "check_frames", "scan_masks"]
 
 
 @dataclass
@@ -44,9 +60,19 @@ class SegTrainConfig(LoopConfig):
     model: UNetConfig = field(default_factory=UNetConfig)  # the U-Net; its classes and schema follow ``schema``
     init: str = ""  # start from: a shipped model's name, a train-seg run or a model file (a classifier's U-Net); ""
     data_weights: tuple[float, ...] = ()  # sampling weight of each dataset; () = in proportion to their frames
+    adapt_data: str | None = None  # unlabelled real frames (manifest dataset): a self-training batch every step
+    adapt_weight: float = 0.5  # loss = segmentation + adapt_weight * self-training loss on adapt_data
+    adapt_threshold: float = 0.9  # the teacher's probability a pixel needs to become a pseudo-label
 
     def __post_init__(self) -> None:
         self.model = nested_config(UNetConfig, self.model, "SegTrainConfig.model")
+        if self.adapt_data is not None:
+            self.adapt_data = os.fspath(self.adapt_data)  # a Path is stored as its string (config.json, resume)
+        w = self.adapt_weight
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"adapt_weight should be a number > 0, got {w!r}")
+        if not 0 < self.adapt_threshold < 1:
+            raise ValueError(f"adapt_threshold should be in (0, 1), got {self.adapt_threshold!r}")
         self.data_weights = tuple(float(w) for w in self.data_weights)
         if any(not math.isfinite(w) or w < 0 for w in self.data_weights) or (
             self.data_weights and sum(self.data_weights) <= 0
@@ -57,6 +83,27 @@ class SegTrainConfig(LoopConfig):
         """The U-Net's configuration: ``model`` with one input channel and the schema's classes."""
         schema = get_schema(self.schema)
         return replace(self.model, in_channels=1, num_classes=schema.num_classes, schema=schema.name)
+
+
+def check_frames(root: Path, size: tuple[int, int], option: str, what: str) -> list[dict[str, str]]:
+    """The ``option`` folder is a manifest dataset (of ``what``) whose every frame has the training frames' ``size``
+    (read from the image headers); returns its rows. The first frame that is not is named."""
+    if not root.is_dir():
+        raise TrainError(f"{root}: {option} is not a folder (a manifest dataset of {what})")
+    rows = read_manifest(root)
+    for row in rows:
+        path = root / row["image"]
+        try:
+            with Image.open(path) as im:
+                hw = (im.size[1], im.size[0])
+        except OSError as e:
+            raise TrainError(f"{path}: cannot read image ({e})") from None
+        if hw != tuple(size):
+            raise TrainError(
+                f"{path}: {option} frames must have the training frames' size, {size[0]}x{size[1]}, but this one "
+                f"is {hw[0]}x{hw[1]}; make them at that size (pleura simulate or data import-pocus --size {size[0]})"
+            )
+    return rows
 
 
 def scan_masks(dataset: LUSDataset, num_classes: int) -> np.ndarray:
@@ -75,7 +122,8 @@ class SegTrainer(Trainer):
         >>> SegTrainer(SegTrainConfig(schema="dense", epochs=5), "data/sim", "runs/dense", env).fit()  # doctest: +SKIP
     """
 
-    resume_keys = ("schema", "model", "init", "data_weights", "seed", "batch_size", "epochs")
+    resume_keys = ("schema", "model", "init", "data_weights", "adapt_data", "adapt_weight", "adapt_threshold", "seed",
+                   "batch_size", "epochs")  # fmt: skip
     kind = "segmentation"
     cfg: SegTrainConfig
 
@@ -94,6 +142,9 @@ class SegTrainer(Trainer):
             raise TrainError(f"--data-weights gives {len(cfg.data_weights)} weights for {len(sources)} datasets")
         super().__init__(cfg, sources[0], out, env, progress)
         self.sources = sources
+        self.teacher: UNet | None = None
+        self._adapt_batches: Iterator[dict[str, Any]] | None = None
+        self._adapt_log: list[tuple[float, float]] = []
 
     def setup(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         """The ``Trainer.setup`` hook: splits each dataset by clip and checks every mask, counting class pixels for
@@ -142,8 +193,25 @@ class SegTrainer(Trainer):
                 for src, t, v in zip(self.sources, trains, vals, strict=True)
             ],
         }
+        if cfg.adapt_data is not None:
+            info["adapt_data"] = self._setup_adapt_stream(Path(cfg.adapt_data), size)
         concat = (lambda parts: parts[0]) if len(trains) == 1 else ConcatDataset
         return concat(trains), concat(vals), info
+
+    def _setup_adapt_stream(self, root: Path, size: tuple[int, int]) -> dict[str, Any]:
+        """The ``adapt_data`` stream: every frame (no masks needed), flipped and zoomed as the teacher sees it, with
+        a strong intensity view for the student. Returns facts for ``config.json``."""
+        cfg = self.cfg
+        rows = check_frames(root, size, "--adapt-data", "unlabelled real frames")
+        weak = Compose([RandomHorizontalFlip(0.5), RandomScaleCrop(0.1)])
+        frames = LUSDataset(root, None, transform=weak, rows=rows, seed=cfg.seed, strong=strong_augmentation())
+        self.adapt_sampler = StepSampler(cfg.batch_size, self.env)
+        self.adapt_loader = DataLoader(
+            SegStream(frames, cfg.seed), batch_size=cfg.batch_size, sampler=self.adapt_sampler,
+            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        clips = {r["clip_id"] for r in rows}
+        return {"folder": str(root.resolve()), "frames": len(rows), "clips": len(clips)}
 
     def _read_init(self) -> UNet:
         """The ``init`` U-Net (a shipped model, a run's best checkpoint, or a model file; a classifier gives its
@@ -190,15 +258,47 @@ class SegTrainer(Trainer):
         """The ``Trainer.checkpoint_meta`` hook: the label schema, stored beside the weights."""
         return {"schema": self.cfg.schema}
 
+    def on_epoch_start(self, epoch: int) -> None:
+        """The ``Trainer.on_epoch_start`` hook: with ``adapt_data``, the teacher becomes a frozen copy of the model as
+        it starts the epoch (so a resumed run gets the same teacher from ``last/``), and the real-frame stream
+        restarts at the optimizer steps taken so far."""
+        if self.cfg.adapt_data is None:
+            return
+        self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.adapt_sampler.start = self.scheduler.last_epoch
+        self._adapt_batches = iter(self.adapt_loader)
+        self._adapt_log = []
+
     def train_step(self, batch: dict[str, Any]) -> float:
-        """The ``Trainer.train_step`` hook: one step on weighted cross-entropy plus soft Dice; returns the loss."""
+        """The ``Trainer.train_step`` hook: one step on weighted cross-entropy plus soft Dice, plus ``adapt_weight``
+        times the self-training loss on a batch of real frames when ``adapt_data`` is set; returns the loss.
+
+        The real batch's student pass runs through the bare U-Net (``net``) beside the wrapped model's pass; both
+        feed one backward, so under DistributedDataParallel each gradient is averaged over ranks once."""
         x = batch["image"].to(self.device, non_blocking=True)
         y = batch["mask"].to(self.device, non_blocking=True)
+        real = next(self._adapt_batches) if self._adapt_batches is not None else None
         with self.autocast():
             logits = self.model(x)
+            if real is not None:
+                with torch.no_grad():
+                    teacher_prob = torch.softmax(self.teacher(real["image"].to(self.device)).float(), 1)
+                student = self.net(real["strong"].to(self.device, non_blocking=True))
         loss = segmentation_loss(logits, y, self.weights, self.cfg.dice_weight)
+        if real is not None:
+            adapt, kept = pseudo_label_loss(student, teacher_prob, self.cfg.adapt_threshold, self.weights)
+            self._adapt_log.append((float(adapt.detach()), kept))
+            loss = loss + self.cfg.adapt_weight * adapt
         self.step(loss)
         return float(loss.detach())
+
+    def epoch_info(self) -> dict[str, Any]:
+        """The ``Trainer.epoch_info`` hook: with ``adapt_data``, the epoch's mean self-training loss and the share of
+        real pixels the teacher was confident enough to label."""
+        if not self._adapt_log:
+            return {}
+        losses, kept = zip(*self._adapt_log, strict=True)
+        return {"adapt_loss": float(np.mean(losses)), "adapt_kept": float(np.mean(kept))}
 
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict[str, Any]:

@@ -98,6 +98,8 @@ def test_pocus_config_rejects_unknown_variants_and_widths() -> None:
             PocusExperimentConfig(seg_weight=weight)
     with pytest.raises(ValueError, match="seeds"):
         PocusExperimentConfig(seed=1)  # the pretraining would run with seed 0
+    with pytest.raises(ValueError, match="freeze_epochs"):
+        PocusExperimentConfig(cls_epochs=2, freeze_epochs=2)
     with pytest.raises(ValueError, match="foundation_seg_clips"):
         PocusExperimentConfig(foundation_seg_clips=0)
 

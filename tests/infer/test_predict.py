@@ -89,6 +89,26 @@ def test_onnx_engine_gives_the_same_probabilities(bundle: Path, media: dict[str,
             assert fa.probabilities[c] == pytest.approx(fb.probabilities[c], abs=1e-4)
 
 
+def test_tta_averages_the_mirror_and_keeps_the_masks(bundle: Path, media: dict[str, Path], tmp_path: Path) -> None:
+    """With ``tta`` each frame's probabilities are the mean of the frame's and its mirror's, computed here apart;
+    masks, biomarkers and OOD flags are those of the frame as it is; ``predict --tta`` records it."""
+    plain, tta = Predictor(bundle, engine="torch"), Predictor(bundle, engine="torch", tta=True)
+    frames = np.stack([np.asarray(Image.open(media["frame"]).convert("L"))] * 2)
+    frames[1] = frames[1][:, ::-1]  # a frame and its mirror: TTA gives both the same probabilities
+    a, b = plain.predict_frames(frames), tta.predict_frames(frames)
+    assert np.allclose(b.probabilities, (a.probabilities + a.probabilities[::-1]) / 2, atol=1e-5)
+    assert np.allclose(b.probabilities[0], b.probabilities[1], atol=1e-5)
+    assert not np.allclose(a.probabilities[0], a.probabilities[1], atol=1e-5)  # the model is not mirror-symmetric
+    assert (a.labels == b.labels).all() and (a.ood == b.ood).all()
+
+    from pleura.cli import app
+
+    res = CliRunner().invoke(app, ["predict", str(media["clip"]), "--model", str(bundle), "--tta", "--no-video",
+                                   "--out", str(tmp_path / "p")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "predictions.json").read_text())["tta"] is True
+
+
 def test_predictor_device_choices(bundle: Path) -> None:
     with pytest.raises(ValueError, match="onnx engine runs on the CPU"):
         Predictor(bundle, engine="onnx", device="cuda")

@@ -22,13 +22,12 @@ from pleura.train.cls import (
     BalancedSampler,
     ClsTrainConfig,
     ClsTrainer,
-    SegStream,
-    StepSampler,
     running_stats_kept,
     train_kfold,
 )
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import TrainError
+from pleura.train.samplers import SegStream, StepSampler
 from pleura.train.seg import SegTrainConfig, SegTrainer
 
 runner = CliRunner()
@@ -276,8 +275,8 @@ def test_seg_data_of_another_size_or_weight_is_refused_before_training(setup, tm
     data, dense, _ = setup
     small = simulated(tmp_path_factory, "small", n=2, seed=1, size=96, frames=1, workers=1)
     cfg = ClsTrainConfig(init=f"dense:{dense}", epochs=1, seg_data=str(small))
-    with pytest.raises(TrainError, match=r"--seg-data frames must have the classification frames' size, 64x64, but "
-                                         r"this one is 96x96; simulate them at that size"):  # fmt: skip
+    with pytest.raises(TrainError, match=r"--seg-data frames must have the training frames' size, 64x64, but this "
+                                         r"one is 96x96; make them at that size \(pleura simulate"):  # fmt: skip
         train_kfold(cfg, data, tmp_path / "run", DistEnv(), folds=3)
     with pytest.raises(TrainError, match="--seg-data is not a folder"):
         train_kfold(ClsTrainConfig(seg_data=str(tmp_path / "none")), data, tmp_path / "run", DistEnv(), folds=3)
@@ -289,7 +288,7 @@ def test_seg_data_of_another_size_or_weight_is_refused_before_training(setup, tm
 
     result = runner.invoke(app, ["train-cls", "--data", str(data), "--out", str(tmp_path / "cli"), "--init", "dense",
                                  "--init-run", str(dense), "--seg-data", str(small), "--folds", "3"])  # fmt: skip
-    assert result.exit_code != 0 and "must have the classification frames' size, 64x64" in result.output
+    assert result.exit_code != 0 and "must have the training frames' size, 64x64" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "cli").exists()
     result = runner.invoke(app, ["train-cls", "--data", str(data), "--out", str(tmp_path / "cli"), "--seg-data",
                                  str(small), "--seg-weight", "0"])  # fmt: skip

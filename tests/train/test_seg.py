@@ -13,14 +13,14 @@ from kit import Interrupt, simulated, strip_timing
 from PIL import Image
 from safetensors.torch import load_file
 
-from pleura.data import LUSDataset
+from pleura.data import LUSDataset, default_augmentation, strong_augmentation
 from pleura.metrics.segmentation import SegmentationMetrics
 from pleura.models import UNet, UNetConfig
 from pleura.models.checkpoint import read_checkpoint
 from pleura.simulate import SimulationConfig, write_dataset
 from pleura.train import checkpoint as ckpt
 from pleura.train.distributed import DistEnv
-from pleura.train.losses import class_weights, segmentation_loss
+from pleura.train.losses import class_weights, pseudo_label_loss, segmentation_loss
 from pleura.train.seg import SegTrainConfig, SegTrainer, TrainError
 
 TINY = {"model": UNetConfig(width=4, depth=2), "batch_size": 4, "epochs": 3, "augment": True, "patience": 100}
@@ -246,3 +246,62 @@ def test_the_shipped_foundation_is_a_sparse_unet_that_train_seg_starts_from(tiny
     assert tuned.config.schema == "dense" and tuned.config.num_classes == 8
     config = json.loads((tmp_path / "tuned" / "config.json").read_text())
     assert config["init"] == "foundation-sparse-w16-128"
+
+
+def test_pseudo_label_loss_learns_only_the_teachers_confident_pixels():
+    """The loss is the class-weighted cross-entropy on the pixels whose teacher probability reaches the threshold,
+    computed here by hand; no confident pixel gives 0, not NaN."""
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(2, 3, 4, 4), torch.softmax(3 * torch.randn(2, 3, 4, 4), 1)
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    loss, kept = pseudo_label_loss(logits, teacher, 0.8, weights)
+    conf, target = teacher.max(1)
+    keep = conf >= 0.8
+    assert 0 < keep.sum() < keep.numel() and kept == pytest.approx(float(keep.float().mean()))
+    ce = -torch.log_softmax(logits, 1).gather(1, target[:, None])[:, 0] * weights[target]
+    assert float(loss) == pytest.approx(float(ce[keep].sum() / weights[target][keep].sum()), rel=1e-5)
+    zero, none_kept = pseudo_label_loss(logits, torch.full_like(teacher, 1 / 3), 0.9, weights)
+    assert float(zero) == 0.0 and none_kept == 0.0
+
+
+def test_the_strong_view_changes_intensities_not_geometry(tiny_data):
+    """``strong`` adds a second view of the same (flipped, zoomed) frame: the same scan area, other intensities,
+    reproducible from (seed, epoch, index)."""
+    ds = LUSDataset(tiny_data, None, transform=default_augmentation(None), seed=3, strong=strong_augmentation())
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["strong"], b["strong"])
+    assert torch.equal(a["strong"] > 0, a["image"] > 0) and not torch.allclose(a["strong"], a["image"], atol=1e-3)
+    assert torch.equal(LUSDataset(tiny_data, None, transform=default_augmentation(None), seed=3)[2]["image"],
+                       a["image"])  # fmt: skip
+
+
+def test_self_training_on_unlabelled_frames_logs_resumes_and_names_bad_folders(tiny_data, other_data, tmp_path):
+    """``adapt_data`` adds a self-training loss on frames without masks (here other simulated frames standing in for
+    real ones): it changes the weights, logs the loss and the share of confident pixels, resumes bit-identically
+    (the teacher is the epoch's starting model, rebuilt from ``last/``), and a folder of another size is named."""
+    cfg = SegTrainConfig(schema="sparse", **TINY, adapt_data=str(other_data), adapt_threshold=0.4)
+    SegTrainer(cfg, tiny_data, tmp_path / "straight", DistEnv()).fit()
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["adapt_loss"] > 0 and 0 < r["adapt_kept"] <= 1 for r in records)
+    info = json.loads((tmp_path / "straight" / "config.json").read_text())["adapt_data"]
+    assert info["frames"] == 6 and Path(info["folder"]) == other_data.resolve()
+    SegTrainer(SegTrainConfig(schema="sparse", **TINY), tiny_data, tmp_path / "plain", DistEnv()).fit()
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    plain = load_file(str(tmp_path / "plain" / "last" / "model.safetensors"))
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+
+    with pytest.raises(KeyboardInterrupt):
+        SegTrainer(cfg, tiny_data, tmp_path / "cut", DistEnv(), progress=Interrupt(after=2)).fit()
+    SegTrainer(cfg, tiny_data, tmp_path / "cut", DistEnv()).fit(resume=True)
+    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert strip_timing(tmp_path / "straight" / "metrics.jsonl") == strip_timing(tmp_path / "cut" / "metrics.jsonl")
+
+    small = tmp_path / "small"
+    write_dataset(SimulationConfig(n=2, seed=1, size=96, frames=1, workers=1), small)
+    bad = SegTrainConfig(schema="sparse", **TINY, adapt_data=str(small))
+    with pytest.raises(TrainError, match=r"small/.*--adapt-data frames must have the training frames' size, 64x64"):
+        SegTrainer(bad, tiny_data, tmp_path / "bad", DistEnv()).fit()
+    for kwargs, match in (({"adapt_weight": 0}, "adapt_weight"), ({"adapt_threshold": 1.0}, "adapt_threshold")):
+        with pytest.raises(ValueError, match=match):
+            SegTrainConfig(**kwargs)
