@@ -938,6 +938,7 @@ def serve(
     keep: float = typer.Option(900.0, "--keep", help="Seconds a result's downloads are kept.", callback=_positive),
     engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
     rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = all frames.", min=0.0),
+    tta: bool = typer.Option(False, "--tta", help="Average each frame's probabilities with its mirror's, as predict."),
 ) -> None:
     """A local web app: drop images, clips or DICOM files, see the diagnosis, segmentation, biomarkers and score."""
     from pleura.serve import ServeConfig, is_loopback
@@ -948,21 +949,24 @@ def serve(
     if not model.is_file():
         fail(f"{model}: model file not found; pass --model FILE (pleura export model writes one)")
     cfg = ServeConfig(model=model, host=host, port=port, max_upload_mb=max_upload_mb, workers=workers, queue=queue,
-                      keep_s=keep, engine=engine, rate=rate or None)  # fmt: skip
-    if not is_loopback(host):
+                      keep_s=keep, engine=engine, rate=rate or None, tta=tta)  # fmt: skip
+
+    def announce() -> None:  # once the model has loaded: a refused model never shows an address
+        if not is_loopback(host):
+            err.print(
+                f"[bold yellow]warning:[/] listening on {say(host)}: anyone who can reach this machine can upload "
+                "files and read results (no login, no TLS)",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+        shown_host = f"[{host}]" if ":" in host else host
         err.print(
-            f"[bold yellow]warning:[/] listening on {say(host)}: anyone who can reach this machine can upload files "
-            "and read results (no login, no TLS)",
+            f"pleura serve: http://{say(shown_host)}:{port}/ (model {say(model.name)}); research software, not a "
+            "medical device; Ctrl-C stops it",
             highlight=False, soft_wrap=True,
         )  # fmt: skip
-    shown_host = f"[{host}]" if ":" in host else host
-    err.print(
-        f"pleura serve: http://{say(shown_host)}:{port}/ (model {say(model.name)}); research software, not a medical "
-        "device; Ctrl-C stops it",
-        highlight=False, soft_wrap=True,
-    )  # fmt: skip
+
     try:
-        run_server(cfg)
+        run_server(cfg, on_ready=announce)
     except (ValueError, OSError, KeyError) as e:
         fail(f"{model}: {e}" if str(model) not in str(e) and "model" not in str(e) else str(e))
 

@@ -27,7 +27,7 @@ import functools
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -80,6 +80,7 @@ class ServeConfig:
     engine: str = "onnx"  # onnx or torch, as pleura predict
     rate: float | None = 10.0  # frames per second predicted from clips, as pleura predict
     max_frames: int | None = None  # at most this many frames per file
+    tta: bool = False  # average each frame's probabilities with its mirror's, as pleura predict --tta
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -122,7 +123,8 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     """
     config.validate()
     if predictor is None:
-        predictor = Predictor(config.model, engine=config.engine, rate=config.rate, max_frames=config.max_frames)
+        predictor = Predictor(config.model, engine=config.engine, rate=config.rate, max_frames=config.max_frames,
+                              tta=config.tta)  # fmt: skip
     cap = int(config.max_upload_mb * MB)
     state: dict[str, Any] = {}
     busy: set[str] = set()  # result ids whose job is running (the sweeper leaves them)
@@ -346,11 +348,14 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     return app
 
 
-def serve(config: ServeConfig) -> None:
-    """Load the model and run the app with uvicorn until interrupted (``pleura serve``)."""
+def serve(config: ServeConfig, on_ready: Callable[[], None] | None = None) -> None:
+    """Load the model and run the app with uvicorn until interrupted (``pleura serve``); ``on_ready`` is called once
+    the model has loaded, before listening (the command announces its address there, not before a refusal)."""
     import uvicorn
 
     app = create_app(config)
+    if on_ready is not None:
+        on_ready()
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", server_header=False,
                 timeout_graceful_shutdown=5)  # fmt: skip
 

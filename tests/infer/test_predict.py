@@ -197,3 +197,4 @@ def test_predict_cli_refuses_a_segmentation_model(media: dict[str, Path], tmp_pa
         assert not out.exists()
     res = CliRunner().invoke(app, ["serve", "--model", str(model_file)])  # refused while loading, before listening
     assert res.exit_code != 0 and f"{model_file} is a segmentation model with no diagnosis head" in res.output
+    assert "http://" not in res.output  # no address announced for a server that never listens

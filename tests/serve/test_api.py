@@ -120,6 +120,21 @@ def test_image_and_dicom(client, media: dict[str, Path], kind: str, frames: int)
     assert ("annotated.mp4" in files) == (frames > 1) and "figure.png" in files
 
 
+def test_tta_answers_what_predict_tta_writes(predictor: Predictor, media: dict[str, Path], tmp_path: Path) -> None:
+    """``serve --tta`` (``ServeConfig.tta``) predicts as ``predict --tta`` does, and says so; without it, not."""
+    app = create_app(ServeConfig(model=predictor.path, tta=True))
+    with fastapi_testclient.TestClient(app, base_url=BASE) as c:
+        doc = _post(c, media["frame"]).json()
+    out = tmp_path / "pred"
+    res = CliRunner().invoke(cli, ["predict", str(media["frame"]), "--tta", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    want = json.loads((out / "predictions.json").read_text())
+    assert doc["tta"] is True and want["tta"] is True
+    got_p, want_p = doc["files"][0]["probabilities"], want["files"][0]["probabilities"]
+    assert got_p == pytest.approx(want_p, abs=1e-6)
+    assert got_p != pytest.approx(predictor.predict(media["frame"]).probabilities, abs=1e-6)  # the mirror counted
+
+
 def test_raw_body_upload(client, media: dict[str, Path]) -> None:
     body = media["frame"].read_bytes()
     res = client.post("/api/predict?name=scan.png", content=body, headers={"Content-Type": "application/octet-stream"})
@@ -305,6 +320,18 @@ def test_serve_command_refuses_remote_hosts_without_the_flag(tmp_path: Path) -> 
     assert res.exit_code == 2
 
 
+def test_serve_command_announces_its_address_once_the_model_has_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The address (and the warning for a remote host) is printed after the model loads, just before listening."""
+    import uvicorn
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    res = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0", "--allow-remote", "--port", "8123"])
+    assert res.exit_code == 0, res.output
+    assert calls == [calls[0]] and calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
+    assert "anyone who can reach this machine" in res.output and "http://0.0.0.0:8123/" in res.output
+
+
 def test_serve_command_defaults_are_the_config_defaults() -> None:
     import dataclasses
     import inspect
@@ -320,7 +347,7 @@ def test_serve_command_defaults_are_the_config_defaults() -> None:
         if key in config and key != "model":
             assert value == config[key], f"pleura serve --{name}: {value!r} != ServeConfig.{key} {config[key]!r}"
             checked += 1
-    assert checked == 8
+    assert checked == 9  # every option with a config field, tta included
 
 
 def _default_schema() -> str:
