@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pleura import __version__
+
+if TYPE_CHECKING:
+    from pleura.infer.predictor import Predictor
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lung-ultrasound AI toolkit.")
 err = Console(stderr=True)
@@ -847,6 +850,18 @@ def _model_file(model: Path) -> Iterator[Path]:
         yield path
 
 
+def _segmenting_predictor(stack: contextlib.ExitStack, model: Path, **options: Any) -> Predictor:
+    """A ``Predictor`` that needs no diagnosis head (``segment``, ``score``): a train-seg run read as it is, a
+    train-cls run bundled first (removed when ``stack`` closes), a model file as it is; one error line otherwise."""
+    from pleura.infer.predictor import Predictor, segmentation_run
+
+    try:
+        path = model if segmentation_run(model) is not None else stack.enter_context(_model_file(model))
+        return Predictor(path, require_diagnosis=False, **options)
+    except (ValueError, OSError, KeyError) as e:
+        fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+
+
 @app.command()
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Images, clips, DICOM files or folders of them."),
@@ -1014,7 +1029,7 @@ def segment(
     from pleura.atomic import staged_folder
     from pleura.data.annotations import AnnotationError, ExportFormat
     from pleura.data.readers import ReadError
-    from pleura.infer.predictor import Predictor, model_source, segmentation_run
+    from pleura.infer.predictor import model_source
     from pleura.infer.segment import SegmentWriter, target_schema
 
     if export_labels is not None:
@@ -1026,12 +1041,8 @@ def segment(
     files, failed = _checked_inputs(inputs, out, overwrite, model)
     total, unreadable = len(files) + len(failed), len(failed)
     with contextlib.ExitStack() as stack:
-        try:  # a train-seg run is read as it is; a train-cls run is bundled first
-            path = model if segmentation_run(model) is not None else stack.enter_context(_model_file(model))
-            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device,
-                                  require_diagnosis=False)  # fmt: skip
-        except (ValueError, OSError, KeyError) as e:
-            fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+        predictor = _segmenting_predictor(stack, model, engine=engine, rate=rate or None,
+                                          max_frames=max_frames or None, device=device)  # fmt: skip
         try:
             target_schema(predictor.schema, schema)
         except ValueError as e:
@@ -1082,7 +1093,9 @@ def score(
         None, "--zones", help="JSON file mapping file names to zones, for other names.", exists=True, dir_okay=False
     ),
     model: Path = typer.Option(
-        DEFAULT_MODEL, "--model", help="Model file (pleura export model), or a train-cls run; default: the shipped one."
+        DEFAULT_MODEL,
+        "--model",
+        help="Model file, shipped model name, train-cls or train-seg run (a U-Net scores too); default: shipped.",
     ),
     engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where the torch engine runs."),
@@ -1097,7 +1110,7 @@ def score(
     """
     from pleura.atomic import check_output, staged_folder
     from pleura.infer.exam import SCHEMES, ZoneResult, read_zone_map, score_exam, write_exam
-    from pleura.infer.predictor import Predictor
+    from pleura.infer.predictor import model_source
 
     if scheme not in SCHEMES:
         fail(f"--scheme should be one of {', '.join(SCHEMES)}, got {scheme!r}")
@@ -1111,14 +1124,12 @@ def score(
         zone_map = read_zone_map(zones) if zones is not None else None
     except ValueError as e:
         fail(str(e))
+    model = model_source(model)  # a shipped model's name: its file
     if not model.exists():
         fail(f"{model}: model not found; pass --model FILE (the shipped ones: pleura.models.PRETRAINED)")
-    with contextlib.ExitStack() as stack:
-        try:
-            path = stack.enter_context(_model_file(model))
-            predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device)
-        except (ValueError, OSError, KeyError) as e:
-            fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
+    with contextlib.ExitStack() as stack:  # severity needs the masks only: a segmentation U-Net scores too
+        predictor = _segmenting_predictor(stack, model, engine=engine, rate=rate or None,
+                                          max_frames=max_frames or None, device=device)  # fmt: skip
 
         def score_clip(clip: Path) -> tuple[int | None, str]:
             r = predictor.predict(clip, keep_labels=False)

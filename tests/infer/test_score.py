@@ -155,6 +155,17 @@ def test_score_cli_totals_the_scored_zones(exam: Path, tmp_path: Path, monkeypat
     assert {z["zone"]: z["score"] for z in doc["zones"] if z["score"] is not None} == {"L7": 1, "R1": 2}
 
 
+def test_score_cli_takes_a_segmentation_unet(exam: Path, tmp_path: Path):
+    """Severity needs the masks only: the shipped segmentation foundation, by name, scores an exam (it has no
+    diagnosis head, which predict would refuse)."""
+    out = tmp_path / "score"
+    code, output = _run("score", exam, "--scheme", "12", "--model", "foundation-sparse-w16-128", "--out", out)
+    doc = json.loads((out / "score.json").read_text())
+    assert code == (0 if doc["zones_scored"] else 1), output
+    assert "no diagnosis head" not in output and len(doc["zones"]) == 12
+    assert {z["status"] for z in doc["zones"] if z["zone"] in ("R1", "R3", "L1")} <= {"scored", "not scored"}
+
+
 def test_score_cli_bad_options(exam: Path, tmp_path: Path):
     code, output = _run("score", exam, "--scheme", "13", "--out", tmp_path / "a")
     assert code == 2 and "--scheme should be one of 14, 12" in output
