@@ -1,10 +1,11 @@
 """Segmentation foundations on the real cvat-lus clip: dense against sparse labels, seeds, the shipped one.
 
-Scores ``train-seg`` runs (their best checkpoint, chosen on *simulated* validation clips) and model files on the
-real clip's 39 expert-labelled frames (``../shared/data/cvat-lus``, imported at 128 px with the sparse label map),
-through the one prediction path (``pleura.evaluate.real_seg.score_real_segmentation``). Runs are grouped by the
-schema they learnt; each group gets mean ± std over its runs. This is the seed paper's claim (dense labels, fewer
-false positives) tested on real frames.
+Scores ``train-seg`` runs (their best checkpoint, chosen on *simulated* validation clips, or ``--checkpoint last``)
+and model files on the real clip's 39 expert-labelled frames (``../shared/data/cvat-lus``, imported at 128 px with
+the sparse label map), through the one prediction path (``pleura.evaluate.real_seg.score_real_segmentation``);
+with ``--pocus``, each one's biomarkers against the POCUS flags too. Runs are grouped by the schema they learnt and
+whether they self-trained on real frames; each group gets mean ± std over its runs. This is the seed paper's claim
+(dense labels, fewer false positives) tested on real frames, and the check of self-training (``--adapt-data``).
 
 The runs measured in docs/results/real-segmentation.md ("The foundation recipe"), each the recipe of
 ``scripts/foundation.sh`` at 3,000 frames (1,500 randomised clips x 2, bands of 8 / 10.5 px, width 16, 2 epochs):
@@ -105,49 +106,75 @@ def pocus_flags(model_path: Path, data: Path, rate: float = 3.0, max_frames: int
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
+#: the POCUS-flag columns of the table, when --pocus is given: (column, flag, clip biomarker)
+FLAG_COLUMNS = (
+    ("B-line count (max) vs flag, AUC", "b_lines", "b_line_count_max"),
+    ("B-line coverage vs flag, AUC", "b_lines", "b_line_coverage_pct_mean"),
+)
+
+
+def _flag_auc(item: dict[str, Any], flag: str, marker: str) -> float | None:
+    """The ROC AUC of ``marker`` against ``flag`` in an item's POCUS check (None without one)."""
+    for c in item.get("pocus", {}).get("checks", []):
+        if c["flag"] == flag and c["biomarker"] == marker:
+            return c["auc"]
+    return None
+
+
+def _run_group(run: Path) -> str:
+    """A train-seg run's group: the schema it learnt, and whether it self-trained on real frames."""
+    config = json.loads((run / "config.json").read_text())
+    return f"{config['train']['schema']} runs" + (", self-trained (--adapt-data)" if config.get("adapt_data") else "")
+
+
 def main() -> None:
     """Score the runs and model files given; print the table and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path, nargs="*", help="train-seg run folders (their best checkpoint)")
+    ap.add_argument("runs", type=Path, nargs="*", help="train-seg run folders (their --checkpoint)")
+    ap.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                    help="the runs' checkpoint: best on simulated validation, or the last epoch's")  # fmt: skip
     ap.add_argument("--models", type=Path, nargs="*", default=[], help="model files scored one by one")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cvat-lus", help="CVAT backup")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "real_seg_foundation.json")
-    ap.add_argument("--pocus", type=Path, default=None, help="POCUS folder: the --models' biomarkers against its flags")
+    ap.add_argument("--pocus", type=Path, default=None, help="POCUS folder: every model's biomarkers against its flags")
     args = ap.parse_args()
     groups: dict[str, list[dict[str, Any]]] = {}
+    sources = [(_run_group(r), str(r), r / args.checkpoint / "model.safetensors") for r in args.runs]
+    stems = [m.stem for m in args.models]
+    for model in args.models:  # named by file stem, or by path where two files share one (run/last/model...)
+        sources.append((model.stem if stems.count(model.stem) == 1 else str(model.with_suffix("")), str(model), model))
     with tempfile.TemporaryDirectory() as tmp:
         real = prepare_real_seg(args.data, Path(tmp), 128)
-        for run in args.runs:
-            schema = json.loads((run / "config.json").read_text())["train"]["schema"]
+        for name, source, model in sources:
             t = time.perf_counter()
-            score = score_real_segmentation(run / "best" / "model.safetensors", real)
-            groups.setdefault(f"{schema} runs", []).append({"source": str(run), "score": score,
-                                                           "seconds": time.perf_counter() - t})  # fmt: skip
-        stems = [m.stem for m in args.models]
-        for model in args.models:  # named by file stem, or by path where two files share one (run/last/model...)
-            score = score_real_segmentation(model, real)
-            name = model.stem if stems.count(model.stem) == 1 else str(model.with_suffix(""))
-            groups[name] = [{"source": str(model), "score": score}]
+            item = {"source": source, "score": score_real_segmentation(model, real)}
+            if args.pocus is not None:
+                item["pocus"] = pocus_flags(model, args.pocus)
+                f = item["pocus"]
+                print(f"\n{source} on {f['files']} POCUS files ({f['files_with_pleural_line']} with a pleural line):")
+                for c in f["checks"]:
+                    print(f"  {c['biomarker']} vs {c['flag']} flag: AUC {fmt(c['auc'])} ({c['flagged']} / "
+                          f"{c['unflagged']})")  # fmt: skip
+            item["seconds"] = time.perf_counter() - t
+            groups.setdefault(name, []).append(item)
+    columns = [(column, lambda i, p=path: _value(i["score"], p), ".3f" if "comp" not in column else ".2f")
+               for column, path in METRICS]  # fmt: skip
+    if args.pocus is not None:
+        columns += [
+            (column, lambda i, f=flag, m=marker: _flag_auc(i, f, m), ".3f") for column, flag, marker in FLAG_COLUMNS
+        ]
     rows, table = [], {}
     for name, items in groups.items():
         cells = []
-        for column, path in METRICS:
-            values = [v for v in (_value(i["score"], path) for i in items) if v is not None]
+        for column, get, spec in columns:
+            values = [v for v in (get(i) for i in items) if v is not None]
             m, s = mean_std(values) if values else (None, None)
-            table.setdefault(name, {})[column] = {"values": [_value(i["score"], path) for i in items], "mean": m,
-                                                  "std": s}  # fmt: skip
-            cells.append(fmt(m, ".3f" if "comp" not in column else ".2f", s if len(items) > 1 else None))
+            table.setdefault(name, {})[column] = {"values": [get(i) for i in items], "mean": m, "std": s}
+            cells.append(fmt(m, spec, s if len(items) > 1 else None))
         rows.append([name, len(items), *cells])
-    result = {"machine": machine(), "data": str(args.data), "groups": groups, "table": table}
-    if args.pocus is not None:
-        result["pocus_flags"] = [pocus_flags(m, args.pocus) for m in args.models]
-        for f in result["pocus_flags"]:
-            print(f"\n{f['model']} on {f['files']} POCUS files ({f['files_with_pleural_line']} with a pleural line):")
-            for c in f["checks"]:
-                print(
-                    f"  {c['biomarker']} vs {c['flag']} flag: AUC {fmt(c['auc'])} ({c['flagged']} / {c['unflagged']})"
-                )
-    save(args.out, result, ["model", "runs", *(c for c, _ in METRICS)], rows)
+    result = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint, "groups": groups,
+              "table": table}  # fmt: skip
+    save(args.out, result, ["model", "runs", *(c for c, _, _ in columns)], rows)
 
 
 if __name__ == "__main__":
