@@ -345,8 +345,9 @@ def training_seconds(out: Path, runs: dict[str, Path], seed: int) -> dict[str, f
 
 
 def dataset_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
-    """Frames, clips and patients per diagnosis."""
-    out: dict[str, Any] = {}
+    """Frames, clips and patients per diagnosis, and the distinct patients over all (``patients``: a patient with
+    clips of two diagnoses counts once)."""
+    out: dict[str, Any] = {"patients": len({r["patient_id"] for r in rows})}
     for d in DIAGNOSES:
         sub = [r for r in rows if r["diagnosis"] == d]
         out[d] = {
@@ -451,7 +452,7 @@ def report_markdown(results: dict[str, Any]) -> str:
         "# Reverse transfer from the simulator to real lung ultrasound (POCUS)",
         "",
         f"Real data: {n_frames} frames of {sum(d[x]['clips'] for x in DIAGNOSES)} clips and images from "
-        f"{sum(d[x]['patients'] for x in DIAGNOSES)} patients ("
+        f"{d.get('patients', sum(d[x]['patients'] for x in DIAGNOSES))} patients ("
         + ", ".join(
             f"{x}: {d[x]['frames']} frames, {d[x]['clips']} clips, {d[x]['patients']} patients" for x in DIAGNOSES
         )

@@ -10,7 +10,7 @@ import pytest
 from kit import simulated
 
 from pleura.experiments.dense_vs_sparse import DenseVsSparseConfig
-from pleura.experiments.pocus import PocusExperimentConfig, run_pocus
+from pleura.experiments.pocus import PocusExperimentConfig, dataset_summary, run_pocus
 from pleura.train.distributed import init_distributed
 
 
@@ -115,3 +115,11 @@ def test_pocus_cli_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["experiment", "pocus", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--data" in result.output  # no guessed path to ../shared
     assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_dataset_summary_counts_a_patient_with_two_diagnoses_once() -> None:
+    table = (("covid", "a", "p1"), ("covid", "b", "p2"), ("normal", "c", "p1"), ("pneumonia", "d", "p3"))
+    rows = [{"diagnosis": d, "clip_id": c, "patient_id": p} for d, c, p in table]
+    summary = dataset_summary(rows)
+    assert summary["patients"] == 3 and summary["covid"] == {"frames": 2, "clips": 2, "patients": 2}
+    assert summary["normal"]["patients"] == 1 and summary["pneumonia"]["clips"] == 1
