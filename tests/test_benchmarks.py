@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +30,27 @@ def test_pocus_levers_mean_pooling_reproduces_eval_cls(bundle: Path, tmp_path: P
     for how in ("tta", "geometric"):
         assert len(scores[how]) == 2 and all(0.0 <= f["balanced_accuracy"] <= 1.0 for f in scores[how])
     assert "| tta |" in proc.stdout
+
+
+def test_ood_external_reports_corpus_and_clip(tmp_path: Path) -> None:
+    """``bench_ood_external.py`` runs a shipped model over the non-LUS corpus and a clip; its clip figures are the
+    predictor's own (flagged share, diagnosis withheld exactly when every frame is flagged)."""
+    from pleura.data.synthetic import write_clip
+    from pleura.simulate.writer import simulate_clip
+
+    _, frames = simulate_clip(3, 0, "covid", "curvilinear", 128, 6)
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, np.stack([f.image for f in frames]), fps=10)
+    out = tmp_path / "ood.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ood_external.py"), "--models",
+                           "pocus-dense-w4-128", "--clip", str(clip), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (r,) = json.loads(out.read_text())["models"]
+    assert r["non_lus_images"] == 53 and r["non_lus_flagged"] >= 0.9 and r["clip_frames"] == 6
+    assert (r["clip_diagnosis"] is None) == (r["clip_flagged"] == 1.0)
+    assert r["clip_image_part"][0] <= r["clip_image_part"][1] <= r["clip_image_part"][2]
+    assert "| pocus-dense-w4-128 |" in proc.stdout
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ood_external.py"), "--clip",
+                          str(tmp_path / "none.mp4")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode != 0 and "none.mp4: no such clip" in bad.stderr
