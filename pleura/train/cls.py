@@ -10,7 +10,7 @@ balanced accuracy; the loop itself (schedule, torchrun, checkpoints, resume) is 
 every classification step also draws a batch of simulated frames with masks from ``DIR`` (a manifest dataset,
 e.g. from ``pleura simulate``) and adds ``seg_weight`` times the segmentation loss of ``train-seg`` (weighted
 cross-entropy plus soft Dice, class weights from that set's pixel counts) of the classifier's U-Net on them.
-The segmentation batches come from an endless stream of seeded shuffles of the set (:class:`SegStream`); the
+The segmentation batches come from an endless stream of seeded shuffles of the set (``samplers.StepStream``); the
 batch of optimizer step ``s`` on rank ``r`` is a function of ``(seed, s, r)`` alone, so a resumed run draws the
 same batches and torchrun ranks draw disjoint ones. They normalise with their own BatchNorm statistics but do not
 move the running ones, which keep describing the classification frames the model is used on. A held-out part of
@@ -47,7 +47,7 @@ from pleura.report import csv_text
 from pleura.train.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
-from pleura.train.samplers import SegStream, StepSampler, WeightedSampler
+from pleura.train.samplers import StepStream, WeightedSampler
 from pleura.train.seg import check_frames, scan_masks
 
 INIT_KINDS = ("dense", "sparse", "scratch")
@@ -140,7 +140,7 @@ class ClsTrainer(Trainer):
     ) -> None:
         super().__init__(cfg, data, out, env, progress)
         self.rows = list(rows) if rows is not None else read_manifest(self.data)
-        self.seg_loader: DataLoader | None = None  # the --seg-data stream, set up by setup()
+        self.seg_stream: StepStream | None = None  # the --seg-data stream, set up by setup()
         self.seg_val_loader: DataLoader | None = None
         self._seg_batches: Iterator[dict[str, Any]] | None = None
         self._seg_losses: list[float] = []
@@ -192,11 +192,7 @@ class ClsTrainer(Trainer):
         scan_masks(seg_val, self.stream_schema.num_classes)
         self.stream_weights = class_weights(counts).to(self.device)
         pin = self.device.type == "cuda"
-        self.seg_sampler = StepSampler(cfg.batch_size, self.env)
-        self.seg_loader = DataLoader(
-            SegStream(seg_train, cfg.seed), batch_size=cfg.batch_size, sampler=self.seg_sampler,
-            num_workers=cfg.workers, pin_memory=pin,
-        )  # fmt: skip
+        self.seg_stream = StepStream(seg_train, cfg.seed, cfg.batch_size, self.env, cfg.workers, pin)
         shard = Subset(seg_val, list(range(self.env.rank, len(seg_val), self.env.world_size)))
         self.seg_val_loader = DataLoader(shard, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers,
                                          pin_memory=pin)  # fmt: skip
@@ -246,18 +242,17 @@ class ClsTrainer(Trainer):
         dropout, the data loaders' base seeds) is seeded from ``(seed, epoch)``, so a resumed run draws what the
         straight one did."""
         self.net.freeze_body(epoch < self.cfg.freeze_epochs)
-        if self.seg_loader is not None:  # runs without --seg-data draw as before (their figures stay reproducible)
+        if self.seg_stream is not None:  # runs without --seg-data draw as before (their figures stay reproducible)
             torch.manual_seed(int(np.random.default_rng([self.cfg.seed, TORCH_RNG_TAG, epoch]).integers(2**62)))
         self._seg_losses = []
         self._seg_batches = None
-        if self.seg_loader is not None and not self.net.body_frozen:
-            self.seg_sampler.start = self.scheduler.last_epoch  # the optimizer steps taken so far
-            self._seg_batches = iter(self.seg_loader)
+        if self.seg_stream is not None and not self.net.body_frozen:
+            self._seg_batches = self.seg_stream.batches(self.scheduler.last_epoch)  # the optimizer steps so far
 
     def epoch_info(self) -> dict[str, Any]:
         """The ``Trainer.epoch_info`` hook: the epoch's mean ``--seg-data`` loss (``train_seg_loss``; None while
         the U-Net was frozen)."""
-        if self.seg_loader is None:
+        if self.seg_stream is None:
             return {}
         return {"train_seg_loss": float(np.mean(self._seg_losses)) if self._seg_losses else None}
 

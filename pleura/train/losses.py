@@ -72,6 +72,7 @@ def pseudo_label_loss(
     """
     confidence, target = teacher_prob.max(1)
     keep = (confidence >= threshold).float()
-    ce = F.cross_entropy(logits.float(), target, weight=weights, reduction="none")  # weights[target] * CE
-    norm = keep * (weights[target] if weights is not None else 1.0)
+    w = None if weights is None else weights.to(logits.device)
+    ce = F.cross_entropy(logits.float(), target, weight=w, reduction="none")  # w[target] * CE
+    norm = keep * (w[target] if w is not None else 1.0)
     return (ce * keep).sum() / norm.sum().clamp_min(1e-6), float(keep.mean())

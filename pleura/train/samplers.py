@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pleura.data import LUSDataset
 from pleura.train.distributed import DistEnv
@@ -91,3 +91,19 @@ class StepSampler(Sampler[int]):
             base = (step * self.env.world_size + self.env.rank) * self.batch_size
             yield from range(base, base + self.batch_size)
             step += 1
+
+
+class StepStream:
+    """A second batch per optimizer step (``train-cls --seg-data``, ``train-seg --adapt-data``): an endless
+    :class:`SegStream` read through a :class:`StepSampler`; ``batches(step)`` restarts it at optimizer step ``step``,
+    so a resumed run reads what the straight one did."""
+
+    def __init__(self, dataset: LUSDataset, seed: int, batch_size: int, env: DistEnv, workers: int, pin: bool) -> None:
+        self.sampler = StepSampler(batch_size, env)
+        self.loader = DataLoader(SegStream(dataset, seed), batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=workers, pin_memory=pin)  # fmt: skip
+
+    def batches(self, step: int) -> Iterator[dict[str, Any]]:
+        """The stream's batches from optimizer step ``step`` on (a fresh iterator: its workers start anew)."""
+        self.sampler.start = step
+        return iter(self.loader)

@@ -41,7 +41,7 @@ from pleura.models.config import nested_config
 from pleura.train.distributed import DistEnv, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, pseudo_label_loss, segmentation_loss
-from pleura.train.samplers import SegStream, StepSampler, WeightedSampler
+from pleura.train.samplers import StepStream, WeightedSampler
 
 __all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "check_frames", "scan_masks"]
 
@@ -205,11 +205,8 @@ class SegTrainer(Trainer):
         rows = check_frames(root, size, "--adapt-data", "unlabelled real frames")
         weak = Compose([RandomHorizontalFlip(0.5), RandomScaleCrop(0.1)])
         frames = LUSDataset(root, None, transform=weak, rows=rows, seed=cfg.seed, strong=strong_augmentation())
-        self.adapt_sampler = StepSampler(cfg.batch_size, self.env)
-        self.adapt_loader = DataLoader(
-            SegStream(frames, cfg.seed), batch_size=cfg.batch_size, sampler=self.adapt_sampler,
-            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
+        pin = self.device.type == "cuda"
+        self.adapt_stream = StepStream(frames, cfg.seed, cfg.batch_size, self.env, cfg.workers, pin)
         clips = {r["clip_id"] for r in rows}
         return {"folder": str(root.resolve()), "frames": len(rows), "clips": len(clips)}
 
@@ -265,8 +262,7 @@ class SegTrainer(Trainer):
         if self.cfg.adapt_data is None:
             return
         self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.adapt_sampler.start = self.scheduler.last_epoch
-        self._adapt_batches = iter(self.adapt_loader)
+        self._adapt_batches = self.adapt_stream.batches(self.scheduler.last_epoch)
         self._adapt_log = []
 
     def train_step(self, batch: dict[str, Any]) -> float:

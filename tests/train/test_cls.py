@@ -218,7 +218,9 @@ def test_resume_with_seg_data_is_exact(setup, seg_set, tmp_path):
     cfg = ClsTrainConfig(init=f"sparse:{sparse}", epochs=2, freeze_epochs=1, seg_data=str(seg_set), **TINY_CLS)
     straight = ClsTrainer(cfg, data, tmp_path / "straight", DistEnv())
     straight.fit()
-    assert 2 * straight.seg_sampler.start == straight.scheduler.last_epoch > 0  # epoch 2 drew from its first step
+    assert (
+        2 * straight.seg_stream.sampler.start == straight.scheduler.last_epoch > 0
+    )  # epoch 2 drew from its first step
     with pytest.raises(KeyboardInterrupt):
         ClsTrainer(cfg, data, tmp_path / "cut", DistEnv(), progress=Interrupt(after=1)).fit()
     ClsTrainer(cfg, data, tmp_path / "cut", DistEnv()).fit(resume=True)
