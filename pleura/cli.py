@@ -306,6 +306,12 @@ def train_cls(
     seg_weight: float = typer.Option(
         0.5, "--seg-weight", help="Weight of the --seg-data segmentation loss.", callback=_positive
     ),
+    adapt_weight: float = typer.Option(
+        0.0, "--adapt-weight", help="Self-training of the segmentation on the training frames (0: none).", min=0.0
+    ),
+    adapt_threshold: float = typer.Option(
+        0.9, "--adapt-threshold", help="Teacher probability a pixel needs to be a pseudo-label.", min=0.0, max=1.0
+    ),
     epochs: int = typer.Option(20, "--epochs", help="Maximum epochs per fold.", min=1),
     batch_size: BatchSize = 8,
     lr: float = typer.Option(
@@ -335,8 +341,9 @@ def train_cls(
     try:
         cfg = ClsTrainConfig(
             init=init, model=ClassifierConfig(tap=tap), freeze_epochs=freeze_epochs, aux_seg_weight=aux_seg_weight,
-            seg_data=str(seg_data) if seg_data is not None else None, seg_weight=seg_weight, epochs=epochs,
-            batch_size=batch_size, lr=lr, patience=patience, seed=seed, group=group, device=device,
+            seg_data=str(seg_data) if seg_data is not None else None, seg_weight=seg_weight, adapt_weight=adapt_weight,
+            adapt_threshold=adapt_threshold, epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+            group=group, device=device,
         )  # fmt: skip
         env = init_distributed(device)
     except ValueError as e:
@@ -672,6 +679,12 @@ def pocus_experiment(
     seg_weight: float = typer.Option(
         0.5, "--seg-weight", help="Segmentation loss on the simulated frames while fine-tuning (0: none).", min=0.0
     ),
+    adapt_weight: float = typer.Option(
+        0.0,
+        "--adapt-weight",
+        help="Self-training of the segmentation on each fold's training frames while fine-tuning (0: none).",
+        min=0.0,
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the pretraining, the folds' training and the splits.", min=0),
     max_per_clip: int = typer.Option(
         None, "--max-per-clip", help="Frames kept per clip (3 per second); default: the budget's.", min=1
@@ -703,7 +716,7 @@ def pocus_experiment(
         budget = {k: v for k, v in (("max_per_clip", max_per_clip), ("cls_epochs", epochs),
                                     ("freeze_epochs", freeze_epochs)) if v is not None}  # fmt: skip
         return replace(base, seg=seg, inits=tuple(i.strip() for i in inits.split(",") if i.strip()),
-                       seg_weight=seg_weight, seed=seed, **budget)  # fmt: skip
+                       seg_weight=seg_weight, adapt_weight=adapt_weight, seed=seed, **budget)  # fmt: skip
 
     _study(partial(run_pocus, data, real_seg=cvat_lus), out, config, device)
 

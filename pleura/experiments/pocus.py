@@ -51,6 +51,7 @@ from pleura.simulate.style import STYLES
 from pleura.train.cls import ClsTrainConfig, init_weights
 from pleura.train.distributed import DistEnv
 from pleura.train.loop import Progress
+from pleura.train.selftrain import check_adapt
 
 #: the variant that starts from the shipped segmentation foundation (issue 14) instead of this experiment's pretraining
 FOUNDATION = "foundation"
@@ -94,6 +95,7 @@ class PocusExperimentConfig:
     batch_size: int = 16
     inits: tuple[str, ...] = INITS
     seg_weight: float = 0.5  # segmentation loss on the pretraining's simulated frames while fine-tuning; 0: none
+    adapt_weight: float = 0.0  # self-training of the segmentation on each fold's training frames (real); 0: none
     # the foundation variant: its start (a shipped name or a U-Net model file, sparse schema, the frames' size) and
     # its segmentation stream, randomised simulated clips (x 4 frames) labelled as the foundation learnt them
     foundation: str = "foundation-sparse-w16-128"
@@ -112,6 +114,7 @@ class PocusExperimentConfig:
         w = self.seg_weight
         if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
             raise ValueError(f"seg_weight should be a number >= 0 (0: no segmentation loss), got {w!r}")
+        check_adapt(self.adapt_weight, ClsTrainConfig.adapt_threshold, allow_zero=True)
         if not 0 <= self.freeze_epochs < self.cls_epochs:
             raise ValueError(f"freeze_epochs should be in [0, cls_epochs={self.cls_epochs}), got {self.freeze_epochs}")
         if self.seg.seeds != (self.seed,):
@@ -252,7 +255,7 @@ def run_pocus(
     ccfg = ClsTrainConfig(
         epochs=cfg.cls_epochs, freeze_epochs=cfg.freeze_epochs, lr=cfg.cls_lr, seed=cfg.seed, batch_size=cfg.batch_size,
         model=ClassifierConfig(unet=UNetConfig(width=cfg.seg.width, depth=cfg.seg.depth)), group="patient_id",
-        **seg_data,
+        adapt_weight=cfg.adapt_weight, **seg_data,
     )  # fmt: skip
     runs = train_variants(real, out / "segmentation" / "runs", out / "classification", ccfg, cfg.folds, env, progress,
                           inits=tuple(i for i in cfg.inits if i != FOUNDATION))  # fmt: skip

@@ -16,6 +16,11 @@ same batches and torchrun ranks draw disjoint ones. They normalise with their ow
 move the running ones, which keep describing the classification frames the model is used on. A held-out part of
 the set (split by clip, as ``train-seg`` splits it) is scored every epoch (``val_seg_*`` in ``metrics.jsonl``),
 and the best epoch's scores go into ``summary.json`` (``segmentation``).
+
+``--adapt-weight W`` adapts the segmentation to the real frames themselves, which have no masks (issue 14): once the
+U-Net is unfrozen, the U-Net as it starts each epoch labels the step's real frames where it is confident, and the
+U-Net learns those labels on a strongly re-intensified view of them (``selftrain.py``, as ``train-seg
+--adapt-data``). Only a fold's training frames are ever used, so its held-out patients stay unseen.
 """
 
 from __future__ import annotations
@@ -35,7 +40,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from pleura.atomic import write_json, write_text
-from pleura.data import LUSDataset, default_augmentation, group_kfold, image_size, read_manifest, split_by_group
+from pleura.data import (
+    LUSDataset,
+    default_augmentation,
+    group_kfold,
+    image_size,
+    read_manifest,
+    split_by_group,
+    strong_augmentation,
+)
 from pleura.labels import DENSE, DIAGNOSES, SPARSE, convert, get_schema, recorded_schema
 from pleura.metrics.classification import classification_metrics
 from pleura.metrics.segmentation import SegmentationMetrics
@@ -49,6 +62,7 @@ from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
 from pleura.train.losses import class_weights, segmentation_loss
 from pleura.train.samplers import StepStream, WeightedSampler
 from pleura.train.seg import check_frames, scan_masks
+from pleura.train.selftrain import SelfTraining, check_adapt
 
 INIT_KINDS = ("dense", "sparse", "scratch")
 SCRATCH_SCHEMA = DENSE  # the schema a U-Net trained from scratch predicts (its classes size the head)
@@ -74,6 +88,8 @@ class ClsTrainConfig(LoopConfig):
     aux_seg_weight: float = 0.0  # weight of an auxiliary segmentation loss (needs masks; keeps maps meaningful)
     seg_data: str | None = None  # simulated frames with masks (manifest dataset): a segmentation batch every step
     seg_weight: float = 0.5  # weight of seg_data's segmentation loss: loss = cls + seg_weight * segmentation
+    adapt_weight: float = 0.0  # self-training of the U-Net on the batch's own real frames (selftrain.py); 0: none
+    adapt_threshold: float = 0.9  # the teacher's probability a pixel needs to become a pseudo-label
 
     def __post_init__(self) -> None:
         self.model = nested_config(ClassifierConfig, self.model, "ClsTrainConfig.model")
@@ -84,6 +100,7 @@ class ClsTrainConfig(LoopConfig):
             w = self.seg_weight
             if not (isinstance(w, int | float) and math.isfinite(w) and w > 0):
                 raise ValueError(f"seg_weight should be a number > 0 with seg_data, got {self.seg_weight!r}")
+        check_adapt(self.adapt_weight, self.adapt_threshold, allow_zero=True)
 
     def init_kind(self) -> tuple[str, Path | None]:
         """``(kind, run folder)`` of ``init``, checked."""
@@ -124,8 +141,8 @@ def running_stats_kept(module: torch.nn.Module) -> Iterator[None]:
 class ClsTrainer(Trainer):
     """Trains a reverse-transfer classifier on ``rows`` of a manifest dataset (one fold's training part)."""
 
-    resume_keys = ("init", "model", "freeze_epochs", "aux_seg_weight", "seg_data", "seg_weight", "seed", "batch_size",
-                   "epochs")  # fmt: skip
+    resume_keys = ("init", "model", "freeze_epochs", "aux_seg_weight", "seg_data", "seg_weight", "adapt_weight",
+                   "adapt_threshold", "seed", "batch_size", "epochs")  # fmt: skip
     kind = "classification"
     cfg: ClsTrainConfig
 
@@ -144,6 +161,8 @@ class ClsTrainer(Trainer):
         self.seg_val_loader: DataLoader | None = None
         self._seg_batches: Iterator[dict[str, Any]] | None = None
         self._seg_losses: list[float] = []
+        self.selftrain = SelfTraining(cfg.adapt_weight, cfg.adapt_threshold) if cfg.adapt_weight > 0 else None
+        self._adapting = False  # self-training this epoch (with --adapt-weight, once the U-Net is unfrozen)
 
     def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
         """The ``Trainer.setup`` hook: checks labels and the ``--init`` run, splits ``rows`` by ``group``.
@@ -165,8 +184,11 @@ class ClsTrainer(Trainer):
             raise TrainError("--aux-seg-weight needs a tap that runs the decoder; the bottleneck tap does not")
         if cfg.seg_data is not None and cfg.model.tap == "bottleneck":
             raise TrainError("--seg-data needs a tap that runs the decoder; the bottleneck tap does not")
+        if self.selftrain is not None and cfg.model.tap == "bottleneck":
+            raise TrainError("--adapt-weight needs a tap that runs the decoder; the bottleneck tap does not")
         aug = default_augmentation(self.seg_schema) if cfg.augment else None
-        train = LUSDataset(self.data, self.seg_schema, transform=aug, rows=train_rows, seed=cfg.seed)
+        strong = strong_augmentation() if self.selftrain is not None else None  # the student's view of each frame
+        train = LUSDataset(self.data, self.seg_schema, transform=aug, rows=train_rows, seed=cfg.seed, strong=strong)
         val = LUSDataset(self.data, None, rows=val_rows)
         self.train_labels = [DIAGNOSES.index(r["diagnosis"]) for r in train_rows]
         self.seg_weights = None
@@ -223,7 +245,7 @@ class ClsTrainer(Trainer):
     def ddp_kwargs(self) -> dict[str, Any]:
         """The ``Trainer.ddp_kwargs`` hook: ``find_unused_parameters`` when some parameters get no gradients."""
         # a frozen body, or a tap that skips the segmentation head, leaves parameters without gradients
-        seg = self.cfg.aux_seg_weight > 0 or self.cfg.seg_data is not None
+        seg = self.cfg.aux_seg_weight > 0 or self.cfg.seg_data is not None or self.selftrain is not None
         unused = self.cfg.model.tap in ("bottleneck", "decoder") and not seg
         return {"find_unused_parameters": self.cfg.freeze_epochs > 0 or unused}
 
@@ -248,13 +270,17 @@ class ClsTrainer(Trainer):
         self._seg_batches = None
         if self.seg_stream is not None and not self.net.body_frozen:
             self._seg_batches = self.seg_stream.batches(self.scheduler.last_epoch)  # the optimizer steps so far
+        self._adapting = self.selftrain is not None and not self.net.body_frozen
+        if self._adapting and self.selftrain is not None:
+            self.selftrain.start_epoch(self.net.unet)
 
     def epoch_info(self) -> dict[str, Any]:
         """The ``Trainer.epoch_info`` hook: the epoch's mean ``--seg-data`` loss (``train_seg_loss``; None while
-        the U-Net was frozen)."""
+        the U-Net was frozen) and, when self-training, its ``adapt_loss`` and ``adapt_kept``."""
+        info = self.selftrain.info() if self._adapting else {}
         if self.seg_stream is None:
-            return {}
-        return {"train_seg_loss": float(np.mean(self._seg_losses)) if self._seg_losses else None}
+            return info
+        return {"train_seg_loss": float(np.mean(self._seg_losses)) if self._seg_losses else None, **info}
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """The ``Trainer.checkpoint_meta`` hook: the init, tap and class names, stored beside the weights."""
@@ -262,8 +288,8 @@ class ClsTrainer(Trainer):
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """The ``Trainer.train_step`` hook: one step on cross-entropy, plus the auxiliary segmentation loss (if
-        weighted) and ``seg_weight`` times the segmentation loss of the step's ``--seg-data`` batch; returns the
-        loss.
+        weighted), ``seg_weight`` times the segmentation loss of the step's ``--seg-data`` batch, and ``adapt_weight``
+        times the self-training loss on the batch's own frames; returns the loss.
 
         The ``--seg-data`` batch runs through the bare U-Net (``net.unet``) beside the wrapped model's pass; both
         feed one backward, so under DistributedDataParallel every parameter's gradient (the sum of both paths) is
@@ -277,6 +303,10 @@ class ClsTrainer(Trainer):
             if stream is not None:
                 with running_stats_kept(self.net.unet):
                     stream_logits = self.net.unet(stream["image"].to(self.device, non_blocking=True))
+            if self._adapting and self.selftrain is not None:  # teacher: the frames as the classifier sees them
+                teacher_prob = self.selftrain.labels(x)
+                with running_stats_kept(self.net.unet):
+                    student = self.net.unet(batch["strong"].to(self.device, non_blocking=True))
         loss = F.cross_entropy(logits.float(), y)
         if self.seg_schema is not None:
             mask = batch["mask"].to(self.device, non_blocking=True)
@@ -286,6 +316,9 @@ class ClsTrainer(Trainer):
             seg_loss = segmentation_loss(stream_logits, mask, self.stream_weights, dice_weight=1.0)
             self._seg_losses.append(float(seg_loss.detach()))
             loss = loss + self.cfg.seg_weight * seg_loss
+        if self._adapting and self.selftrain is not None:  # student: a strongly re-intensified view of them
+            weights = self.stream_weights if stream is not None else None
+            loss = loss + self.selftrain.loss(student, teacher_prob, weights)
         self.step(loss)
         return float(loss.detach())
 

@@ -10,7 +10,6 @@ mixed precision on CUDA) is the shared loop in ``pleura.train.loop``.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -40,8 +39,9 @@ from pleura.models import PRETRAINED, UNet, UNetConfig
 from pleura.models.config import nested_config
 from pleura.train.distributed import DistEnv, all_reduce_sum
 from pleura.train.loop import LoopConfig, Progress, Trainer, TrainError
-from pleura.train.losses import class_weights, pseudo_label_loss, segmentation_loss
+from pleura.train.losses import class_weights, segmentation_loss
 from pleura.train.samplers import StepStream, WeightedSampler
+from pleura.train.selftrain import SelfTraining, check_adapt
 
 __all__ = ["Progress", "SegTrainConfig", "SegTrainer", "TrainError", "check_frames", "scan_masks"]
 
@@ -68,11 +68,7 @@ class SegTrainConfig(LoopConfig):
         self.model = nested_config(UNetConfig, self.model, "SegTrainConfig.model")
         if self.adapt_data is not None:
             self.adapt_data = os.fspath(self.adapt_data)  # a Path is stored as its string (config.json, resume)
-        w = self.adapt_weight
-        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w <= 0:
-            raise ValueError(f"adapt_weight should be a number > 0, got {w!r}")
-        if not 0 < self.adapt_threshold < 1:
-            raise ValueError(f"adapt_threshold should be in (0, 1), got {self.adapt_threshold!r}")
+        check_adapt(self.adapt_weight, self.adapt_threshold, allow_zero=False)
         self.data_weights = tuple(float(w) for w in self.data_weights)
         if any(not math.isfinite(w) or w < 0 for w in self.data_weights) or (
             self.data_weights and sum(self.data_weights) <= 0
@@ -142,9 +138,8 @@ class SegTrainer(Trainer):
             raise TrainError(f"--data-weights gives {len(cfg.data_weights)} weights for {len(sources)} datasets")
         super().__init__(cfg, sources[0], out, env, progress)
         self.sources = sources
-        self.teacher: UNet | None = None
+        self.selftrain = SelfTraining(cfg.adapt_weight, cfg.adapt_threshold) if cfg.adapt_data is not None else None
         self._adapt_batches: Iterator[dict[str, Any]] | None = None
-        self._adapt_log: list[tuple[float, float]] = []
 
     def setup(self) -> tuple[Dataset, Dataset, dict[str, Any]]:
         """The ``Trainer.setup`` hook: splits each dataset by clip and checks every mask, counting class pixels for
@@ -259,11 +254,10 @@ class SegTrainer(Trainer):
         """The ``Trainer.on_epoch_start`` hook: with ``adapt_data``, the teacher becomes a frozen copy of the model as
         it starts the epoch (so a resumed run gets the same teacher from ``last/``), and the real-frame stream
         restarts at the optimizer steps taken so far."""
-        if self.cfg.adapt_data is None:
+        if self.selftrain is None:
             return
-        self.teacher = copy.deepcopy(self.net).eval().requires_grad_(False)
+        self.selftrain.start_epoch(self.net)
         self._adapt_batches = self.adapt_stream.batches(self.scheduler.last_epoch)
-        self._adapt_log = []
 
     def train_step(self, batch: dict[str, Any]) -> float:
         """The ``Trainer.train_step`` hook: one step on weighted cross-entropy plus soft Dice, plus ``adapt_weight``
@@ -276,25 +270,19 @@ class SegTrainer(Trainer):
         real = next(self._adapt_batches) if self._adapt_batches is not None else None
         with self.autocast():
             logits = self.model(x)
-            if real is not None:
-                with torch.no_grad():
-                    teacher_prob = torch.softmax(self.teacher(real["image"].to(self.device)).float(), 1)
+            if real is not None and self.selftrain is not None:
+                teacher_prob = self.selftrain.labels(real["image"].to(self.device))
                 student = self.net(real["strong"].to(self.device, non_blocking=True))
         loss = segmentation_loss(logits, y, self.weights, self.cfg.dice_weight)
-        if real is not None:
-            adapt, kept = pseudo_label_loss(student, teacher_prob, self.cfg.adapt_threshold, self.weights)
-            self._adapt_log.append((float(adapt.detach()), kept))
-            loss = loss + self.cfg.adapt_weight * adapt
+        if real is not None and self.selftrain is not None:
+            loss = loss + self.selftrain.loss(student, teacher_prob, self.weights)
         self.step(loss)
         return float(loss.detach())
 
     def epoch_info(self) -> dict[str, Any]:
         """The ``Trainer.epoch_info`` hook: with ``adapt_data``, the epoch's mean self-training loss and the share of
         real pixels the teacher was confident enough to label."""
-        if not self._adapt_log:
-            return {}
-        losses, kept = zip(*self._adapt_log, strict=True)
-        return {"adapt_loss": float(np.mean(losses)), "adapt_kept": float(np.mean(kept))}
+        return self.selftrain.info() if self.selftrain is not None else {}
 
     @torch.no_grad()
     def validate(self, loader: DataLoader) -> dict[str, Any]:

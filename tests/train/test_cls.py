@@ -237,6 +237,61 @@ def test_resume_with_seg_data_is_exact(setup, seg_set, tmp_path):
         ClsTrainer(other, data, tmp_path / "cut", DistEnv()).fit(resume=True)
 
 
+def test_adapt_weight_adds_its_weighted_self_training_loss_to_every_step(setup, tmp_path):
+    """Self-training on the batch's own frames: with weights too small to move, the runs with and without it differ
+    in training loss by exactly adapt_weight x the self-training loss logged; the classification is untouched."""
+    data, _, _ = setup
+    still = {**TINY_CLS, "model": ClassifierConfig(dropout=0.0, unet=UNetConfig(width=4, depth=2))}
+    ClsTrainer(ClsTrainConfig(epochs=1, lr=1e-12, **still), data, tmp_path / "plain", DistEnv()).fit()
+    cfg = ClsTrainConfig(epochs=1, lr=1e-12, adapt_weight=0.3, adapt_threshold=0.01, **still)  # random U-Net: unsure
+    ClsTrainer(cfg, data, tmp_path / "adapt", DistEnv()).fit()
+    (plain,), (adapt,) = _records(tmp_path / "plain"), _records(tmp_path / "adapt")
+    assert "adapt_loss" not in plain and adapt["adapt_loss"] > 0 and 0 < adapt["adapt_kept"] <= 1
+    assert adapt["train_loss"] - plain["train_loss"] == pytest.approx(0.3 * adapt["adapt_loss"], rel=1e-4)
+    assert plain["val_balanced_accuracy"] == adapt["val_balanced_accuracy"]
+
+
+def test_resume_with_adapt_weight_is_exact_and_frozen_epochs_do_not_adapt(setup, seg_set, tmp_path):
+    """A frozen first epoch (no self-training: nothing it could change), then one with it beside the --seg-data
+    stream: killed after epoch 1 and resumed, the run ends as the straight one did (the teacher is the epoch's
+    starting U-Net, rebuilt from ``last/``), and its weights differ from the same run without self-training."""
+    data, _, sparse = setup
+    base = {"init": f"sparse:{sparse}", "epochs": 2, "freeze_epochs": 1, "seg_data": str(seg_set), **TINY_CLS}
+    cfg = ClsTrainConfig(adapt_weight=1.0, adapt_threshold=0.5, **base)
+    ClsTrainer(cfg, data, tmp_path / "straight", DistEnv()).fit()
+    with pytest.raises(KeyboardInterrupt):
+        ClsTrainer(cfg, data, tmp_path / "cut", DistEnv(), progress=Interrupt(after=1)).fit()
+    ClsTrainer(cfg, data, tmp_path / "cut", DistEnv()).fit(resume=True)
+    a = load_file(str(tmp_path / "straight" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    records = strip_timing(tmp_path / "straight" / "metrics.jsonl")
+    assert records == strip_timing(tmp_path / "cut" / "metrics.jsonl")
+    assert "adapt_loss" not in records[0] and records[1]["adapt_loss"] > 0 and records[1]["train_seg_loss"] > 0
+    ClsTrainer(ClsTrainConfig(**base), data, tmp_path / "plain", DistEnv()).fit()
+    plain = load_file(str(tmp_path / "plain" / "last" / "model.safetensors"))
+    assert any(not torch.equal(a[k], plain[k]) for k in a if k.startswith("unet."))
+    with pytest.raises(TrainError, match=r"adapt_weight=1.0 but adapt_weight=0.5 was requested"):
+        ClsTrainer(ClsTrainConfig(adapt_weight=0.5, adapt_threshold=0.5, **base), data, tmp_path / "cut",
+                   DistEnv()).fit(resume=True)  # fmt: skip
+
+
+def test_bad_adapt_weight_or_tap_is_refused(setup, tmp_path):
+    data, _, _ = setup
+    for kwargs, match in (({"adapt_weight": -1.0}, "adapt_weight should be a number >= 0"),
+                          ({"adapt_weight": float("nan")}, "adapt_weight"),
+                          ({"adapt_weight": 0.5, "adapt_threshold": 1.0}, "adapt_threshold")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            ClsTrainConfig(**kwargs)
+    cfg = ClsTrainConfig(adapt_weight=0.5, model=ClassifierConfig(tap="bottleneck"), epochs=1)
+    with pytest.raises(TrainError, match="--adapt-weight needs a tap that runs the decoder"):
+        ClsTrainer(cfg, data, tmp_path / "run", DistEnv()).fit()
+    result = runner.invoke(app, ["train-cls", "--data", str(data), "--out", str(tmp_path / "cli"), "--adapt-weight",
+                                 "0.5", "--adapt-threshold", "1"])  # fmt: skip
+    assert result.exit_code == 2 and "adapt_threshold should be in (0, 1)" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "cli").exists()
+
+
 def test_the_segmentation_stream_is_a_function_of_seed_step_and_rank(seg_set):
     """Every pass of the stream visits every frame once; ranks draw disjoint batches; restarting at a step gives
     the batches a stream running from step 0 reaches there."""
