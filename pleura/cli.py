@@ -54,7 +54,18 @@ def _positive(value: float | None) -> float | None:
 
 DATASET = dict(exists=True, file_okay=False, dir_okay=True)  # a --data folder: checked before any work
 
+
 # Options several commands share, declared once.
+def _ood_policy(value: str) -> str:
+    """Option callback: an ``OODPolicy`` name (withhold or warn)."""
+    from pleura.postprocess.ood import OODPolicy
+
+    try:
+        return str(OODPolicy.parse(value))
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size per process.", min=1)]
@@ -895,6 +906,12 @@ def predict(
     tta: bool = typer.Option(
         False, "--tta", help="Average each frame's probabilities with its left-right mirror's (2x the inference)."
     ),
+    ood: str = typer.Option(
+        "withhold",
+        "--ood",
+        help="A file whose every frame is out of distribution: withhold its diagnosis, or warn (give it, marked).",
+        callback=_ood_policy,
+    ),
     video: bool = typer.Option(True, "--video/--no-video", help="Write an annotated MP4 per clip."),
     overwrite: Overwrite = False,
 ) -> None:
@@ -916,7 +933,7 @@ def predict(
         try:
             path = stack.enter_context(_model_file(model))
             predictor = Predictor(path, engine=engine, rate=rate or None, max_frames=max_frames or None, device=device,
-                                  tta=tta)  # fmt: skip
+                                  tta=tta, ood_policy=ood)  # fmt: skip
         except (ValueError, OSError, KeyError) as e:
             fail(f"{model}: {e}" if str(model) not in str(e) else str(e))
         try:
@@ -932,6 +949,8 @@ def predict(
                                 if result.diagnosis
                                 else "no diagnosis: not like lung ultrasound"
                             )
+                            if result.diagnosis and result.all_ood:
+                                verdict += " but every frame is out of distribution: do not trust it"
                             line = (
                                 f"{f}: {verdict}, {len(result.frames)} frames, {result.ood_frames} out of distribution"
                             )
@@ -967,6 +986,9 @@ def serve(
     engine: str = typer.Option("onnx", "--engine", help="onnx (ONNX Runtime, faster on a CPU) or torch."),
     rate: float = typer.Option(10.0, "--rate", help="Frames per second predicted from clips; 0 = all frames.", min=0.0),
     tta: bool = typer.Option(False, "--tta", help="Average each frame's probabilities with its mirror's, as predict."),
+    ood: str = typer.Option(
+        "withhold", "--ood", help="All frames out of distribution: withhold or warn, as predict.", callback=_ood_policy
+    ),
 ) -> None:
     """A local web app: drop images, clips or DICOM files, see the diagnosis, segmentation, biomarkers and score."""
     from pleura.serve import ServeConfig, is_loopback
@@ -977,7 +999,7 @@ def serve(
     if not model.is_file():
         fail(f"{model}: model file not found; pass --model FILE (pleura export model writes one)")
     cfg = ServeConfig(model=model, host=host, port=port, max_upload_mb=max_upload_mb, workers=workers, queue=queue,
-                      keep_s=keep, engine=engine, rate=rate or None, tta=tta)  # fmt: skip
+                      keep_s=keep, engine=engine, rate=rate or None, tta=tta, ood=ood)  # fmt: skip
 
     def announce() -> None:  # once the model has loaded: a refused model never shows an address
         if not is_loopback(host):

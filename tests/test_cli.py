@@ -180,6 +180,35 @@ def test_a_photograph_gets_no_diagnosis_from_the_shipped_model(tmp_path: Path):
     assert [f["diagnosis"] for f in doc["files"]] == [None, None]
 
 
+def test_ood_warn_gives_a_marked_diagnosis_where_every_frame_is_out_of_distribution(tmp_path: Path):
+    """``--ood warn`` (for lung ultrasound from a scanner unlike the training frames) gives the photograph a diagnosis,
+    marked as not to be trusted in the line and the JSON; a policy that does not exist is refused
+    before any work."""
+    import json
+
+    from sklearn.datasets import load_sample_image
+
+    from pleura.infer.predictor import Predictor
+
+    Image.fromarray(load_sample_image("flower.jpg")).save(tmp_path / "flower.jpg")
+    code, output = _run("predict", tmp_path / "flower.jpg", "--ood", "warn", "--out", tmp_path / "pred")
+    assert code == 0, output
+    assert "but every frame is out of distribution: do not trust it" in output
+    doc = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    (file,) = doc["files"]
+    assert file["diagnosis"] in ("covid", "pneumonia", "normal") and file["ood_frames"] == len(file["frames"]) == 1
+    result = Predictor("pocus-foundation-w16-128", ood_policy="warn").predict(tmp_path / "flower.jpg")
+    assert result.all_ood and result.diagnosis == file["diagnosis"]
+    withheld = Predictor("pocus-foundation-w16-128").predict(tmp_path / "flower.jpg")
+    assert withheld.all_ood and withheld.diagnosis is None
+    assert withheld.probabilities == pytest.approx(result.probabilities)
+    code, output = _run("predict", tmp_path / "flower.jpg", "--ood", "maybe", "--out", tmp_path / "bad")
+    assert code == 2 and "unknown OOD policy 'maybe'; choose one of: withhold, warn" in output
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="unknown OOD policy"):
+        Predictor("pocus-foundation-w16-128", ood_policy="ignore")
+
+
 def test_init_run_is_a_structured_option_and_the_old_form_still_works(tmp_path: Path, monkeypatch):
     """``--init dense --init-run RUN`` and ``--init dense:RUN`` give the same config; misuse is one line."""
     from pleura.train import cls

@@ -44,7 +44,7 @@ from pleura.infer.engine import make_engine
 from pleura.labels import Probe, Schema, recorded_schema
 from pleura.postprocess.biomarkers import frame_biomarkers
 from pleura.postprocess.calibration import softmax
-from pleura.postprocess.ood import OODDetector
+from pleura.postprocess.ood import OODDetector, OODPolicy
 from pleura.postprocess.severity import clip_severity
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ class ClipResult:
 
     path: str
     probabilities: dict[str, float]  # mean of the in-distribution frames' (all frames' if none is); {}: no head
-    diagnosis: str | None  # the most probable class; None when every frame is out of distribution (not LUS)
+    diagnosis: str | None  # the most probable class; None when every frame is out of distribution (not LUS) and the
+    # predictor withholds it (OODPolicy.WITHHOLD, the default)
     biomarkers: dict[str, Any]  # max of counts and score, mean of fractions, any of flags over frames
     frames: list[FrameResult] = field(default_factory=list)
     ood_frames: int = 0
@@ -102,6 +103,11 @@ class ClipResult:
     scan_area: ScanArea | None = field(default=None, repr=False, compare=False)  # at the input's resolution
     map_size: int = 0  # side of the model's square label maps
     has_diagnosis: bool = True  # False: a segmentation model, no diagnosis head (no diagnosis, probabilities, OOD)
+
+    @property
+    def all_ood(self) -> bool:
+        """Every frame is out of distribution: a diagnosis here (``OODPolicy.WARN``) is not to be trusted."""
+        return bool(self.frames) and self.ood_frames == len(self.frames)
 
     def to_dict(self, frames: bool = True, labels: bool = False) -> dict[str, Any]:
         """The result as JSON-ready data; ``frames=False`` leaves out the per-frame results, ``labels=True``
@@ -257,6 +263,8 @@ class Predictor:
             mirror's (one more engine pass; POCUS clips put the probe's marker on either side). The masks, biomarkers
             and OOD flags come from the frame as it is. Video balanced accuracy on POCUS (3 seeds, 5 folds): 0.732
             without, 0.760 with (``benchmarks/bench_pocus_levers.py``).
+        ood_policy: a file whose every frame is out of distribution gets no diagnosis (``withhold``, the default)
+            or the diagnosis of all its frames (``warn``: ``ClipResult.all_ood`` tells it apart).
     """
 
     def __init__(
@@ -270,12 +278,14 @@ class Predictor:
         *,
         require_diagnosis: bool = True,
         tta: bool = False,
+        ood_policy: OODPolicy | str = OODPolicy.WITHHOLD,
     ) -> None:
         from pleura.device import pick_device
         from pleura.models import ReverseTransferClassifier, UNet
 
         self.path = model_source(model)
         self.tta = tta
+        self.ood_policy = OODPolicy.parse(ood_policy)
         self.model, self.meta, size = _read_model(self.path)
         self.has_diagnosis = isinstance(self.model, ReverseTransferClassifier)
         self.temperature: float | None = None
@@ -398,14 +408,15 @@ class Predictor:
                     results[-1].labels = None
         if not results:
             raise ReadError(f"{path}: no frames to predict")
-        good = [r for r in results if not r.ood] or results  # a file with no in-distribution frame gets no diagnosis
+        good = [r for r in results if not r.ood] or results  # with none in distribution: all of them (OODPolicy)
+        all_ood = all(r.ood for r in results)
         rows = [[r.probabilities[c] for c in self.class_names] for r in good]
         probabilities, diagnosis = self._diagnosis(np.mean(rows, axis=0) if self.has_diagnosis else None)
         severity = clip_severity([r.biomarkers for r in good], [r.index for r in good])
         return ClipResult(
             path=str(path),
             probabilities=probabilities,
-            diagnosis=None if good is results and all(r.ood for r in results) else diagnosis,
+            diagnosis=None if all_ood and self.ood_policy is OODPolicy.WITHHOLD else diagnosis,
             biomarkers=aggregate_biomarkers([r.biomarkers for r in good]),
             frames=results,
             ood_frames=sum(r.ood for r in results),

@@ -24,7 +24,12 @@ from pleura.viz import annotated_panel, save_png
 
 def _title(result: FrameResult | ClipResult) -> str:
     p = result.probabilities
-    head = result.diagnosis or "no diagnosis (out of distribution):"
+    if result.diagnosis is None:
+        head = "no diagnosis (out of distribution):"
+    elif result.ood if isinstance(result, FrameResult) else result.all_ood:
+        head = f"{result.diagnosis} (out of distribution: do not trust)"
+    else:
+        head = result.diagnosis
     return f"{head} " + " ".join(f"{k} {v:.2f}" for k, v in p.items())
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from pleura.labels import StrEnum
 from pleura.postprocess.frame_stats import FEATURES, frame_statistics
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,23 @@ TEXTURE_FEATURES: tuple[str, ...] = (
 )  # fmt: skip
 IMAGE_FEATURES: tuple[str, ...] = FEATURES + TEXTURE_FEATURES
 NETWORK_FEATURES = "pooled"  # the name recorded for the network part's input
+
+
+class OODPolicy(StrEnum):
+    """What a file whose every frame is out of distribution gets: ``withhold`` no diagnosis (the default: it may not
+    be lung ultrasound at all), or ``warn`` the diagnosis of all its frames, marked as out of distribution (for
+    lung ultrasound from a scanner or site unlike the training frames, where the detector flags every frame)."""
+
+    WITHHOLD = "withhold"
+    WARN = "warn"
+
+    @classmethod
+    def parse(cls, value: str | OODPolicy) -> OODPolicy:
+        """The policy called ``value``; ``ValueError`` naming the choices otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown OOD policy {value!r}; choose one of: {', '.join(cls)}") from None
 
 
 def _lbp_histogram(img: np.ndarray, inner: np.ndarray, r: int) -> np.ndarray:

@@ -81,6 +81,7 @@ class ServeConfig:
     rate: float | None = 10.0  # frames per second predicted from clips, as pleura predict
     max_frames: int | None = None  # at most this many frames per file
     tta: bool = False  # average each frame's probabilities with its mirror's, as pleura predict --tta
+    ood: str = "withhold"  # a file whose every frame is out of distribution: withhold or warn, as pleura predict --ood
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -124,7 +125,7 @@ def create_app(config: ServeConfig, predictor: Predictor | None = None) -> FastA
     config.validate()
     if predictor is None:
         predictor = Predictor(config.model, engine=config.engine, rate=config.rate, max_frames=config.max_frames,
-                              tta=config.tta)  # fmt: skip
+                              tta=config.tta, ood_policy=config.ood)  # fmt: skip
     cap = int(config.max_upload_mb * MB)
     state: dict[str, Any] = {}
     busy: set[str] = set()  # result ids whose job is running (the sweeper leaves them)

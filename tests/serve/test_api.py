@@ -135,6 +135,23 @@ def test_tta_answers_what_predict_tta_writes(predictor: Predictor, media: dict[s
     assert got_p != pytest.approx(predictor.predict(media["frame"]).probabilities, abs=1e-6)  # the mirror counted
 
 
+def test_ood_warn_answers_a_diagnosis_where_every_frame_is_out_of_distribution(predictor: Predictor, tmp_path: Path):
+    """``serve --ood warn`` (``ServeConfig.ood``) gives a photograph the diagnosis ``predict --ood warn`` gives it,
+    with every frame flagged; by default it gets none; an unknown policy is refused when the app is made."""
+    from sklearn.datasets import load_sample_image
+
+    photo = tmp_path / "flower.png"
+    Image.fromarray(load_sample_image("flower.jpg")).save(photo)
+    with fastapi_testclient.TestClient(create_app(ServeConfig(model=predictor.path, ood="warn")), base_url=BASE) as c:
+        (warned,) = _post(c, photo).json()["files"]
+    with fastapi_testclient.TestClient(create_app(ServeConfig(model=predictor.path)), base_url=BASE) as c:
+        (withheld,) = _post(c, photo).json()["files"]
+    assert withheld["diagnosis"] is None and warned["ood_frames"] == len(warned["frames"]) == 1
+    assert warned["diagnosis"] == Predictor(predictor.path, ood_policy="warn").predict(photo).diagnosis is not None
+    with pytest.raises(ValueError, match="unknown OOD policy 'off'"):
+        create_app(ServeConfig(model=predictor.path, ood="off"))
+
+
 def test_raw_body_upload(client, media: dict[str, Path]) -> None:
     body = media["frame"].read_bytes()
     res = client.post("/api/predict?name=scan.png", content=body, headers={"Content-Type": "application/octet-stream"})
@@ -347,7 +364,7 @@ def test_serve_command_defaults_are_the_config_defaults() -> None:
         if key in config and key != "model":
             assert value == config[key], f"pleura serve --{name}: {value!r} != ServeConfig.{key} {config[key]!r}"
             checked += 1
-    assert checked == 9  # every option with a config field, tta included
+    assert checked == 10  # every option with a config field, tta and ood included
 
 
 def _default_schema() -> str:

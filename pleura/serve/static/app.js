@@ -122,6 +122,12 @@ function oodWarning(file) {
       "(image statistics or network features too far from its training frames). This may not be a lung-ultrasound " +
       "image at all. Do not read anything into the probabilities below.");
   }
+  if (file.ood_frames === n) {
+    return el("div", { class: "ood all", role: "alert" },
+      el("strong", { text: "Every frame is out of distribution: do not trust this diagnosis. " }),
+      `All ${n} analysed frame${n === 1 ? "" : "s"} look unlike the lung ultrasound the model was trained on (another ` +
+      "scanner or site, or not lung ultrasound). The server was started with --ood warn, so the diagnosis is shown.");
+  }
   if (file.ood_frames > 0) {
     return el("div", { class: "ood some", role: "alert" },
       el("strong", { text: "Some frames are out of distribution. " }),
