@@ -32,6 +32,33 @@ def test_pocus_levers_mean_pooling_reproduces_eval_cls(bundle: Path, tmp_path: P
     assert "| tta |" in proc.stdout
 
 
+def test_pocus_adapt_compares_the_folds_every_run_finished(bundle: Path, tmp_path: Path) -> None:
+    """``bench_pocus_adapt.py`` scores only the folds finished in every run (here a copy holding fold 0 alone), and its
+    per-fold video balanced accuracy is eval-cls's; with no B-line flags (simulated clips) the flag AUC is undefined."""
+    import shutil
+
+    from pleura.evaluate.cls import evaluate_classification
+
+    run = bundle.parent / "run"
+    partial = tmp_path / "partial"
+    shutil.copytree(run / "fold0", partial / "fold0")
+    data = json.loads((run / "kfold.json").read_text())["data"]
+    out = tmp_path / "adapt.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pocus_adapt.py"), str(run), str(partial),
+                           "--data", data, "--out", str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["folds"] == ["fold0"]
+    want = evaluate_classification(run)["clip"]["folds"]["balanced_accuracy"]["values"][0]
+    for r in (str(run), str(partial)):
+        assert doc["runs"][r]["folds"]["fold0"]["balanced_accuracy"] == pytest.approx(want, abs=1e-6)
+        assert doc["runs"][r]["b_line_flag_auc"] is None or np.isnan(doc["runs"][r]["b_line_flag_auc"])
+    args = [str(run), str(tmp_path / "empty"), "--data", data]
+    none = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_pocus_adapt.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert none.returncode != 0 and "no fold is finished in every run" in none.stderr
+
+
 def test_ood_external_reports_corpus_and_clip(tmp_path: Path) -> None:
     """``bench_ood_external.py`` runs a shipped model over the non-LUS corpus and a clip; its clip figures are the
     predictor's own (flagged share, diagnosis withheld exactly when every frame is flagged)."""
