@@ -13,7 +13,7 @@ self-training, which only labels a fold's training frames):
 
     python benchmarks/bench_pocus_adapt.py runs/pocus-control/classification/foundation-seed0 \\
         runs/pocus-adapt/classification/foundation-seed0 --data runs/pocus-adapt/data \\
-        --real-seg runs/pocus-adapt/real-seg --out benchmarks/results/pocus_adapt.json
+        --real-seg runs/pocus-adapt/real-seg/cvat-lus128 --out benchmarks/results/pocus_adapt.json
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", type=Path, nargs="+", help="k-fold runs of experiment pocus with the same seed")
     parser.add_argument("--data", type=Path, required=True, help="the imported POCUS dataset (OUT/data)")
-    parser.add_argument("--real-seg", type=Path, default=None, help="the imported cvat-lus dataset (OUT/real-seg)")
+    parser.add_argument(
+        "--real-seg", type=Path, default=None, help="the imported cvat-lus dataset (OUT/real-seg/cvat-lus128)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/pocus_adapt.json"))
     args = parser.parse_args()
     start = time.perf_counter()
