@@ -55,7 +55,6 @@ def _positive(value: float | None) -> float | None:
 DATASET = dict(exists=True, file_okay=False, dir_okay=True)  # a --data folder: checked before any work
 
 
-# Options several commands share, declared once.
 def _ood_policy(value: str) -> str:
     """Option callback: an ``OODPolicy`` name (withhold or warn)."""
     from pleura.postprocess.ood import OODPolicy
@@ -66,6 +65,7 @@ def _ood_policy(value: str) -> str:
         raise typer.BadParameter(str(e)) from None
 
 
+# Options several commands share, declared once.
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Batch size per process.", min=1)]

@@ -162,7 +162,7 @@ class ClsTrainer(Trainer):
         self._seg_batches: Iterator[dict[str, Any]] | None = None
         self._seg_losses: list[float] = []
         self.selftrain = SelfTraining(cfg.adapt_weight, cfg.adapt_threshold) if cfg.adapt_weight > 0 else None
-        self._adapting = False  # self-training this epoch (with --adapt-weight, once the U-Net is unfrozen)
+        self._adapt: SelfTraining | None = None  # self.selftrain on the epochs that self-train (U-Net unfrozen)
 
     def setup(self) -> tuple[LUSDataset, LUSDataset, dict[str, Any]]:
         """The ``Trainer.setup`` hook: checks labels and the ``--init`` run, splits ``rows`` by ``group``.
@@ -270,14 +270,14 @@ class ClsTrainer(Trainer):
         self._seg_batches = None
         if self.seg_stream is not None and not self.net.body_frozen:
             self._seg_batches = self.seg_stream.batches(self.scheduler.last_epoch)  # the optimizer steps so far
-        self._adapting = self.selftrain is not None and not self.net.body_frozen
-        if self._adapting and self.selftrain is not None:
-            self.selftrain.start_epoch(self.net.unet)
+        self._adapt = None if self.net.body_frozen else self.selftrain
+        if self._adapt is not None:
+            self._adapt.start_epoch(self.net.unet)
 
     def epoch_info(self) -> dict[str, Any]:
         """The ``Trainer.epoch_info`` hook: the epoch's mean ``--seg-data`` loss (``train_seg_loss``; None while
         the U-Net was frozen) and, when self-training, its ``adapt_loss`` and ``adapt_kept``."""
-        info = self.selftrain.info() if self._adapting else {}
+        info = self._adapt.info() if self._adapt is not None else {}
         if self.seg_stream is None:
             return info
         return {"train_seg_loss": float(np.mean(self._seg_losses)) if self._seg_losses else None, **info}
@@ -303,8 +303,8 @@ class ClsTrainer(Trainer):
             if stream is not None:
                 with running_stats_kept(self.net.unet):
                     stream_logits = self.net.unet(stream["image"].to(self.device, non_blocking=True))
-            if self._adapting and self.selftrain is not None:  # teacher: the frames as the classifier sees them
-                teacher_prob = self.selftrain.labels(x)
+            if self._adapt is not None:  # teacher: the frames as the classifier sees them
+                teacher_prob = self._adapt.labels(x)
                 with running_stats_kept(self.net.unet):
                     student = self.net.unet(batch["strong"].to(self.device, non_blocking=True))
         loss = F.cross_entropy(logits.float(), y)
@@ -316,9 +316,9 @@ class ClsTrainer(Trainer):
             seg_loss = segmentation_loss(stream_logits, mask, self.stream_weights, dice_weight=1.0)
             self._seg_losses.append(float(seg_loss.detach()))
             loss = loss + self.cfg.seg_weight * seg_loss
-        if self._adapting and self.selftrain is not None:  # student: a strongly re-intensified view of them
+        if self._adapt is not None:  # student: a strongly re-intensified view of them
             weights = self.stream_weights if stream is not None else None
-            loss = loss + self.selftrain.loss(student, teacher_prob, weights)
+            loss = loss + self._adapt.loss(student, teacher_prob, weights)
         self.step(loss)
         return float(loss.detach())
 
